@@ -1,0 +1,54 @@
+"""Atomic file output: write to a temporary name in the same folder, then rename.
+
+A crash (or SIGKILL) in the middle of a write leaves either the old file or no file,
+never a truncated one, because `os.replace` is atomic on POSIX within one filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+  """Yields a temporary path next to `path`; renames it onto `path` on success."""
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  with atomic_path(path) as tmp:
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+  write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + '\n')
+
+
+def write_jsonl(path: str | os.PathLike, rows) -> int:
+  """Writes an iterable of JSON-serialisable rows, one per line; returns the row count."""
+  count = 0
+  with atomic_path(path) as tmp:
+    with open(tmp, 'w', encoding='utf-8') as f:
+      for row in rows:
+        f.write(json.dumps(row) + '\n')
+        count += 1
+      f.flush()
+      os.fsync(f.fileno())
+  return count
