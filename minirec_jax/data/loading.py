@@ -48,12 +48,12 @@ def _official(cfg) -> tuple[tfds.core.DatasetBuilder, str | None]:
   known = cfg.category in official.KNOWN_CATEGORIES
   config = cfg.category if known else official.OfficialConfig(name=cfg.category)
   return official.MinirecOfficial(config=config, data_dir=_data_dir(cfg),
-                                  file_format='array_record'), cfg.get('manual_dir')
+                                  file_format='array_record'), cfg.get('manual_dir') or None
 
 
 def _movielens(cfg) -> tuple[tfds.core.DatasetBuilder, str | None]:
   from minirec_jax.data import movielens
-  return movielens.make_builder(cfg, data_dir=_data_dir(cfg)), cfg.get('manual_dir')
+  return movielens.make_builder(cfg, data_dir=_data_dir(cfg)), cfg.get('manual_dir') or None
 
 
 def _synthetic(cfg) -> tuple[tfds.core.DatasetBuilder, str | None]:
