@@ -1,0 +1,1 @@
+"""Training: state, optimizers, pure step factories and the helpers that jit or pmap them."""

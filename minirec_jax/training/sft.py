@@ -1,0 +1,99 @@
+"""Supervised fine-tuning (next-SID prediction) as pure, un-jitted step factories.
+
+Batches are packed sequences (`minirec_jax.sid_sequences.PackedSequences` rows):
+  tokens, positions, segment_ids, labels: int32 [batch, seq];  weights: float32 [batch, seq]
+
+The loss is the token-weighted mean cross-entropy over supervised SID tokens. It is computed
+from sums (loss sum and weight sum) so that one device, a sharded jit over N devices and pmap
+over N devices (which psums both sums and the gradients) optimise exactly the same objective.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+# apply_fn(params, tokens, positions, attention_mask[b, q, k], rng) -> logits [b, seq, vocab]
+ApplyFn = Callable[..., jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """flax TrainState: step, params, opt_state, apply_fn, tx."""
+
+
+def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
+  """`[batch, seq]` segment ids (0 = padding) -> bool `[batch, seq, seq]` attention mask."""
+  seq = segment_ids.shape[-1]
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  causal = jnp.tril(jnp.ones((seq, seq), bool))
+  return same & causal[None] & (segment_ids[:, :, None] > 0)
+
+
+def weighted_token_loss(logits: jax.Array, labels: jax.Array,
+                        weights: jax.Array) -> dict[str, jax.Array]:
+  """Sums for a token-weighted cross-entropy: loss_sum, weight_sum, correct_sum (scalars).
+
+  Args:
+    logits: `[batch, seq, vocab]` (any float dtype; computed in float32).
+    labels: `[batch, seq]` int32.
+    weights: `[batch, seq]` float32.
+  """
+  chex.assert_rank(logits, 3)
+  chex.assert_equal_shape([labels, weights])
+  logits = logits.astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return {'loss_sum': jnp.sum(losses * weights), 'weight_sum': jnp.sum(weights),
+          'correct_sum': jnp.sum(correct * weights)}
+
+
+def _forward_sums(apply_fn: ApplyFn, params, batch, rng) -> dict[str, jax.Array]:
+  mask = segment_causal_mask(batch['segment_ids'])
+  logits = apply_fn(params, batch['tokens'], batch['positions'], mask, rng)
+  return weighted_token_loss(logits, batch['labels'], batch['weights'])
+
+
+def make_sft_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callable:
+  """Returns `step(state, batch, rng) -> (state, metrics)`, pure and un-jitted.
+
+  Args:
+    apply_fn: the model forward (see ApplyFn); `rng` is for dropout.
+    axis_name: set when the step runs under pmap/shard_map over that axis: the loss and
+      gradient sums are psum-ed so the update is that of the global batch.
+  """
+
+  def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      sums = _forward_sums(apply_fn, params, batch, rng)
+      return sums['loss_sum'], sums
+
+    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    if axis_name is not None:
+      grads, sums = jax.lax.psum((grads, sums), axis_name)
+    denom = jnp.maximum(sums['weight_sum'], 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    new_state = state.apply_gradients(grads=grads)
+    metrics = {'loss': sums['loss_sum'] / denom, 'accuracy': sums['correct_sum'] / denom,
+               'tokens': sums['weight_sum'], 'grad_norm': optax.global_norm(grads)}
+    return new_state, metrics
+
+  return step
+
+
+def make_sft_eval_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callable:
+  """Returns `eval_step(params, batch) -> sums` (loss_sum, weight_sum, correct_sum)."""
+
+  def eval_step(params: Any, batch: dict[str, jax.Array]):
+    sums = _forward_sums(apply_fn, params, batch, None)
+    if axis_name is not None:
+      sums = jax.lax.psum(sums, axis_name)
+    return sums
+
+  return eval_step
