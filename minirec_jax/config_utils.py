@@ -1,7 +1,8 @@
-"""Loading ml_collections config files by path, as `--config path.py:arg` does on the CLI."""
+"""Config helpers: `path.py:key=value` arguments, dataset presets, loading config files."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 
@@ -22,3 +23,53 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses 'a=1,b=x,flag' into a dict, typed like `defaults` (a bare name means True).
+
+  Example: parse_arg('dataset=industrial,tiny', dataset='ml100k', tiny=False)
+  -> {'dataset': 'industrial', 'tiny': True}. Unknown keys are an error naming the key.
+  """
+  out = dict(defaults)
+  for part in filter(None, (arg or '').split(',')):
+    key, eq, value = part.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f'unknown config argument {key!r}; known: {sorted(defaults)}')
+    if not eq:
+      out[key] = True
+      continue
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = value.strip().lower() in ('1', 'true', 'yes')
+    elif kind in (int, float):
+      out[key] = kind(ast.literal_eval(value.strip()))
+    else:
+      out[key] = value.strip()
+  return out
+
+
+# Default location of the official layout: the project's shared development data, which sits
+# beside the repository; users point `data.manual_dir` at their own copy.
+OFFICIAL_ROOT = os.path.normpath(os.path.join(REPO_ROOT, '..', 'shared', 'data',
+                                              'amazon18'))
+
+
+def data_config(name: str) -> ml_collections.ConfigDict:
+  """The `data` section of every experiment config."""
+  base = dict(name='', category='', manual_dir='', data_dir='', protocol='', max_history=10,
+              source='', seed=0, num_items=0, num_users=0, num_clusters=0)
+  presets = {
+      'industrial': dict(name='official', category='Industrial_and_Scientific',
+                         manual_dir=OFFICIAL_ROOT),
+      'office': dict(name='official', category='Office_Products', manual_dir=OFFICIAL_ROOT),
+      'ml100k': dict(name='movielens', protocol='minionerec', source='recbole_wheel'),
+      'ml100k_loo': dict(name='movielens', protocol='loo', source='recbole_wheel',
+                         max_history=50),
+      'synthetic': dict(name='synthetic', num_items=200, num_users=300, num_clusters=10),
+  }
+  if name not in presets:
+    raise ValueError(f'unknown dataset config {name!r}; choose one of {sorted(presets)}')
+  base.update(presets[name])
+  return ml_collections.ConfigDict(base)
