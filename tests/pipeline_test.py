@@ -76,3 +76,13 @@ def test_iterator_state_restores_position():
   fresh = iter(ds.to_iter_dataset())
   fresh.set_state(state)
   assert [next(fresh)['target'].tolist() for _ in range(3)] == expected
+
+
+def test_array_batches_pad_and_shuffle():
+  arrays = {'x': np.arange(10), 'y': np.arange(10) * 2}
+  batches = list(pipeline.array_batches(arrays, 4, drop_remainder=False))
+  assert [b['x'].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 8, 8]]
+  assert batches[-1]['valid'].tolist() == [True, True, False, False]
+  shuffled = [b['x'] for b in pipeline.array_batches(arrays, 5, seed=0)]
+  assert sorted(np.concatenate(shuffled).tolist()) == list(range(10))
+  assert np.all(batches[0]['y'] == 2 * batches[0]['x'])

@@ -59,6 +59,23 @@ def _read_batch(source: Sequence[dict], indices: np.ndarray, batch_size: int,
           'valid': valid}
 
 
+def _index_batches(num_examples: int, batch_size: int, *, seed: int | None,
+                   num_epochs: int | None, drop_remainder: bool, shard_index: int,
+                   shard_count: int) -> grain.MapDataset:
+  """Batches of example indices: shuffled per epoch by seed, sharded, repeated."""
+  if shard_count < 1 or not 0 <= shard_index < shard_count:
+    raise ValueError(f'bad shard {shard_index} of {shard_count}')
+  ds = grain.MapDataset.range(num_examples)
+  if seed is not None:
+    ds = ds.seed(seed).shuffle()
+  if shard_count > 1:
+    per_shard = num_examples // shard_count
+    ds = ds[shard_index * per_shard:(shard_index + 1) * per_shard]
+  if num_epochs != 1:
+    ds = ds.repeat(num_epochs)
+  return ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=np.asarray)
+
+
 def batched(source: Sequence[dict], spec: BatchSpec, *, seed: int | None = None,
             num_epochs: int | None = 1, shard_index: int = 0,
             shard_count: int = 1) -> grain.MapDataset:
@@ -77,17 +94,9 @@ def batched(source: Sequence[dict], spec: BatchSpec, *, seed: int | None = None,
       no shard; `examples_per_epoch` counts what a process sees), so all processes run the
       same number of steps.
   """
-  if shard_count < 1 or not 0 <= shard_index < shard_count:
-    raise ValueError(f'bad shard {shard_index} of {shard_count}')
-  ds = grain.MapDataset.range(len(source))
-  if seed is not None:
-    ds = ds.seed(seed).shuffle()
-  if shard_count > 1:
-    per_shard = len(ds) // shard_count
-    ds = ds[shard_index * per_shard:(shard_index + 1) * per_shard]
-  if num_epochs != 1:
-    ds = ds.repeat(num_epochs)
-  ds = ds.batch(spec.batch_size, drop_remainder=spec.drop_remainder, batch_fn=np.asarray)
+  ds = _index_batches(len(source), spec.batch_size, seed=seed, num_epochs=num_epochs,
+                      drop_remainder=spec.drop_remainder, shard_index=shard_index,
+                      shard_count=shard_count)
   return ds.map(lambda idx: _read_batch(source, idx, spec.batch_size, spec.max_history))
 
 
@@ -99,3 +108,28 @@ def examples_per_epoch(num_examples: int, shard_count: int = 1) -> int:
 def steps_per_epoch(num_examples: int, spec: BatchSpec, shard_count: int = 1) -> int:
   n = examples_per_epoch(num_examples, shard_count)
   return n // spec.batch_size if spec.drop_remainder else -(-n // spec.batch_size)
+
+
+def array_batches(arrays: dict[str, np.ndarray], batch_size: int, *, seed: int | None = None,
+                  num_epochs: int | None = 1, drop_remainder: bool = True, shard_index: int = 0,
+                  shard_count: int = 1) -> grain.MapDataset:
+  """Batches of rows of in-memory arrays (e.g. packed SFT sequences), same rules as `batched`.
+
+  All arrays share their leading dimension. A short last batch (drop_remainder=False) is
+  padded with copies of its first row and a `valid` column marks the real rows.
+  """
+  sizes = {len(v) for v in arrays.values()}
+  if len(sizes) != 1:
+    raise ValueError(f'arrays differ in length: { {k: len(v) for k, v in arrays.items()} }')
+  ds = _index_batches(sizes.pop(), batch_size, seed=seed, num_epochs=num_epochs,
+                      drop_remainder=drop_remainder, shard_index=shard_index,
+                      shard_count=shard_count)
+
+  def gather(idx):
+    n = len(idx)
+    rows = np.concatenate([idx, np.repeat(idx[:1], batch_size - n)])
+    batch = {k: v[rows] for k, v in arrays.items()}
+    batch['valid'] = np.arange(batch_size) < n
+    return batch
+
+  return ds.map(gather)
