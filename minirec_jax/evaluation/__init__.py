@@ -1,0 +1,1 @@
+"""Evaluation: ranking metrics, predictions files, generative (beam-search) evaluation."""
