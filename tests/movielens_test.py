@@ -8,7 +8,7 @@ import pytest
 
 from minirec_jax.data import loading
 from minirec_jax.data.errors import DataError
-from minirec_jax.data.movielens import protocols
+from minirec_jax.data import protocols
 from minirec_jax.data.movielens import reader
 
 # user, item, rating, timestamp; user 7 has a timestamp tie (items 2 and 3 at t=20).

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from minirec_jax.data import schema
 from minirec_jax.data.errors import DataError
-from minirec_jax.data.movielens import protocols
+from minirec_jax.data import protocols
 from minirec_jax.data.movielens import reader
 
 GROUPLENS_URL = 'https://files.grouplens.org/datasets/movielens/ml-100k.zip'

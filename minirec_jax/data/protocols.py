@@ -1,5 +1,7 @@
 """Turning interaction logs into (user, history, target, timestamp) samples, two ways.
 
+Shared by the MovieLens and synthetic builders.
+
 * `minionerec`: the official MiniOneRec rule (reference §1.4): per user, interactions sorted by
   time (stable, ties in file order); every position i >= 1 gives a sample with the previous
   <= H items; all samples of all users pooled, stably sorted by target time and cut into
