@@ -4,6 +4,8 @@
       [--config.data.manual_dir=/path/to/official/layout] [--stats_json=out.json]
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -23,7 +25,8 @@ def main(argv):
   try:
     dataset = loading.load(_CONFIG.value.data)
   except DataError as exc:
-    raise app.UsageError(str(exc)) from None
+    print(f'error: {exc}', file=sys.stderr)
+    sys.exit(2)
   stats = stats_lib.dataset_statistics(dataset)
   print(stats_lib.format_statistics(stats))
   if _STATS_JSON.value:

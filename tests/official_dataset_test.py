@@ -169,3 +169,17 @@ def test_real_office_has_no_train_split(amazon18_dir, tmp_path):
   assert {k: len(v) for k, v in ds.splits.items()} == {'valid': 4866, 'test': 4866}
   with pytest.raises(DataError, match='no train split for Office_Products'):
     ds.split('train')
+
+
+def test_build_dataset_command_reports_bad_input_without_traceback(tmp_path):
+  root = write_official_layout(str(tmp_path / 'raw'))
+  _rewrite_line(_train_csv(root), 2, 'A9,"[]",Item 1,"[0, oops]",1,"[]",x')
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, os.path.join(repo, 'experiments', 'build_dataset.py'),
+       f'--config={os.path.join(repo, "configs", "dataset.py")}:industrial',
+       '--config.data.category=Toy', f'--config.data.manual_dir={root}',
+       f'--config.data.data_dir={tmp_path / "tfds"}'], capture_output=True, text=True)
+  assert result.returncode == 2
+  assert f"{_train_csv(root)}:2: field 'history_item_id' = '[0, oops]'" in result.stderr
+  assert 'Traceback' not in result.stderr
