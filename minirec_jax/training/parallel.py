@@ -78,9 +78,10 @@ def pmap_data_parallel(step: Callable, *, num_frozen: int = 0) -> Callable:
   return jax.pmap(step, axis_name=DATA_AXIS, in_axes=in_axes, donate_argnums=(0,))
 
 
-def replicate(tree: Any, devices=None) -> Any:
-  devices = devices or jax.local_devices()
-  return jax.device_put_replicated(tree, devices)
+def replicate(tree: Any, num_devices: int | None = None) -> Any:
+  """Adds a leading device axis (copies) for pmap; pmap places one copy per device."""
+  n = num_devices or jax.local_device_count()
+  return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree)
 
 
 def unreplicate(tree: Any) -> Any:

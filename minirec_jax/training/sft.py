@@ -81,7 +81,7 @@ def make_sft_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callabl
     grads = jax.tree.map(lambda g: g / denom, grads)
     new_state = state.apply_gradients(grads=grads)
     metrics = {'loss': sums['loss_sum'] / denom, 'accuracy': sums['correct_sum'] / denom,
-               'tokens': sums['weight_sum'], 'grad_norm': optax.global_norm(grads)}
+               'tokens': sums['weight_sum'], 'grad_norm': optax.tree.norm(grads)}
     return new_state, metrics
 
   return step

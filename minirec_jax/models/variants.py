@@ -1,0 +1,43 @@
+"""Named model sizes, so a width sweep is one flag (`--config.model.variant=M`).
+
+Widths grow by ~1.5x per step; head_dim is 64 from S up (32 for tiny); GQA with 2 KV heads
+up to L; MLP width ~ 8/3 x width rounded to 64 (SwiGLU keeps the parameter count of a 4x MLP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from minirec_jax.models.decoder import DecoderConfig
+
+VARIANTS = {
+    #            width depth heads kv  mlp
+    'tiny': dict(width=32, depth=2, num_heads=4, num_kv_heads=2, mlp_dim=64),
+    'XS': dict(width=128, depth=2, num_heads=2, num_kv_heads=1, mlp_dim=384),
+    'S': dict(width=256, depth=4, num_heads=4, num_kv_heads=2, mlp_dim=704),
+    'M': dict(width=384, depth=4, num_heads=6, num_kv_heads=2, mlp_dim=1024),
+    'L': dict(width=512, depth=6, num_heads=8, num_kv_heads=2, mlp_dim=1408),
+    'XL': dict(width=768, depth=8, num_heads=12, num_kv_heads=4, mlp_dim=2048),
+    # The real Qwen2.5 shapes (vocab given separately), for loading pretrained checkpoints.
+    'qwen2.5-0.5b': dict(width=896, depth=24, num_heads=14, num_kv_heads=2, mlp_dim=4864),
+    'qwen2.5-1.5b': dict(width=1536, depth=28, num_heads=12, num_kv_heads=2, mlp_dim=8960),
+}
+
+
+def decoder_config(variant: str, vocab_size: int, **overrides) -> DecoderConfig:
+  """The variant's config; `width=`/`depth=` etc. override it (width keeps head_dim 64)."""
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown model variant {variant!r}; choose one of {sorted(VARIANTS)}')
+  fields = dict(VARIANTS[variant])
+  if 'width' in overrides and 'num_heads' not in overrides:
+    head_dim = fields['width'] // fields['num_heads']
+    overrides['num_heads'] = max(1, overrides['width'] // head_dim)
+    kv = fields['num_kv_heads']
+    overrides['num_kv_heads'] = kv if overrides['num_heads'] % kv == 0 else 1
+    overrides.setdefault('mlp_dim', max(64, round(overrides['width'] * 8 / 3 / 64) * 64))
+  fields.update(overrides)
+  known = {f.name for f in dataclasses.fields(DecoderConfig)}
+  unknown = set(fields) - known
+  if unknown:
+    raise ValueError(f'unknown decoder fields {sorted(unknown)}')
+  return DecoderConfig(vocab_size=vocab_size, **fields)
