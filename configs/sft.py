@@ -49,7 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.batch_size = 256
   config.eval.ks = (1, 3, 5, 10, 20, 50)
   config.eval.select_by = 'ndcg@10'      # best checkpoint by 'ndcg@10' (beam search) or 'loss'
-  config.eval.max_examples = 0           # > 0: evaluate on a prefix (quick checks)
+  config.eval.max_examples = 0           # > 0: select checkpoints on a prefix of the split
+  config.eval.report_max_examples = 0    # > 0: final report on a prefix (smoke runs only)
 
   config.ckpt = ml_collections.ConfigDict()
   config.ckpt.keep = 2
@@ -67,9 +68,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.batch_size = 8
     config.train.epochs = 1
     config.optim.warmup_steps = 2
-    config.eval.beam_size = 5
+    config.eval.beam_size = 10
     config.eval.batch_size = 16
-    config.eval.ks = (1, 5)
+    config.eval.ks = (1, 5, 10)
     config.eval.max_examples = 32
+    config.eval.report_max_examples = 32
     config.log.every_steps = 1
   return config

@@ -83,6 +83,7 @@ def make_builder(cfg) -> tuple[tfds.core.DatasetBuilder, str | None]:
 def load(cfg) -> Dataset:
   """Builds the dataset described by `cfg` if needed and opens every split it has."""
   builder, manual_dir = make_builder(cfg)
+  tfds.disable_progress_bar()  # per-split bars flood logs; our own Progress reports instead
   if manual_dir is not None and not os.path.isdir(manual_dir):
     raise DataError('manual data folder does not exist', path=manual_dir,
                     field='data.manual_dir', value=manual_dir)

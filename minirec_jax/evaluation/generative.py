@@ -1,0 +1,138 @@
+"""Evaluating and serving the generative recommender: trie-constrained beam search.
+
+For every sample the prompt is its last <= `prompt_items` history items as SID tokens; the
+model generates `beam_size` distinct catalogue SIDs ranked by log-probability. A hit is the
+target's SID among them (items sharing an official SID count as the same item, as the official
+string matching does). Also reports the perplexity of the target SID under the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minirec_jax import metric_logging
+from minirec_jax import sid_sequences
+from minirec_jax.data import pipeline
+from minirec_jax.decoding import beam_search
+from minirec_jax.evaluation import metrics as metrics_lib
+from minirec_jax.models import decoder as decoder_lib
+from minirec_jax.semantic_ids import catalogue as catalogue_lib
+from minirec_jax.semantic_ids import trie as trie_lib
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'beam_size', 'sid_offset'))
+def generate(config: decoder_lib.DecoderConfig, params, trie: trie_lib.SidTrie,
+             group_items: jax.Array, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
+             *, beam_size: int, sid_offset: int) -> tuple[jax.Array, jax.Array]:
+  """Prompts `[batch, T]` -> (item ids int32 `[batch, beam]`, log-probs `[batch, beam]`).
+
+  `group_items[leaf]` maps a trie leaf to its representative item; -1 marks missing beams.
+  """
+  chex.assert_equal_shape([tokens, positions, mask])
+  logits, cache = decoder_lib.prefill(config, params, tokens, positions, mask,
+                                      max_len=tokens.shape[1] + trie.num_levels)
+  next_position = jnp.repeat(positions[:, -1] + 1, beam_size)
+
+  def logits_fn(cache, token, level):
+    return decoder_lib.decode_step(config, params, cache, token, next_position + level)
+
+  result = beam_search.constrained_beam_search(
+      logits, cache, logits_fn, decoder_lib.reorder_cache, trie, beam_size=beam_size,
+      sid_offset=sid_offset)
+  items = jnp.where(result.items >= 0, group_items[jnp.maximum(result.items, 0)], -1)
+  return items, result.scores
+
+
+@functools.partial(jax.jit, static_argnames=('config',))
+def target_log_probs(config: decoder_lib.DecoderConfig, params, tokens, positions, mask,
+                     target_tokens) -> jax.Array:
+  """Teacher-forced log p(target SID token l | prompt, earlier target tokens): `[batch, L]`."""
+  num_levels = target_tokens.shape[1]
+  full = jnp.concatenate([tokens, target_tokens], axis=1)
+  full_pos = jnp.concatenate(
+      [positions, positions[:, -1:] + 1 + jnp.arange(num_levels)[None]], axis=1)
+  valid = jnp.concatenate([mask, jnp.ones_like(target_tokens, bool)], axis=1)
+  seq = full.shape[1]
+  attn = jnp.tril(jnp.ones((seq, seq), bool))[None] & valid[:, None, :]
+  logits = decoder_lib.Decoder(config).apply({'params': params}, full, full_pos, attn)
+  log_probs = jax.nn.log_softmax(logits[:, -num_levels - 1:-1].astype(jnp.float32))
+  return jnp.take_along_axis(log_probs, target_tokens[..., None], axis=-1)[..., 0]
+
+
+@dataclasses.dataclass(eq=False)
+class Recommender:
+  """A trained decoder plus the SID catalogue: histories in, ranked items out."""
+
+  config: decoder_lib.DecoderConfig
+  sids: catalogue_lib.SidCatalogue
+  prompt_items: int
+
+  def __post_init__(self):
+    self.vocab = sid_sequences.SidVocab(self.sids.num_levels, self.sids.codebook_size)
+    self.item_tokens = self.vocab.item_tokens(self.sids.codes)
+    groups = np.unique(self.sids.item_to_group)
+    self.trie = trie_lib.build_trie(self.sids.codes[groups], self.sids.codebook_size)
+    self.group_items = jnp.asarray(groups, jnp.int32)
+
+  def prompts(self, history: np.ndarray, history_len: np.ndarray) -> dict[str, np.ndarray]:
+    return sid_sequences.history_prompts(history, history_len, self.item_tokens,
+                                         self.prompt_items)
+
+  def recommend(self, params, history: np.ndarray, history_len: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item ids `[batch, k]` (best first) and their log-probs for padded histories."""
+    p = self.prompts(np.asarray(history), np.asarray(history_len))
+    items, scores = generate(self.config, params, self.trie, self.group_items, p['tokens'],
+                             p['positions'], p['mask'], beam_size=k,
+                             sid_offset=self.vocab.sid_offset)
+    return np.asarray(items), np.asarray(scores)
+
+
+@dataclasses.dataclass
+class EvalResult:
+  metrics: dict[str, float]
+  predictions: list[dict]
+
+
+def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_size: int,
+             ks: Sequence[int], max_examples: int = 0, split: str = '',
+             keep_predictions: bool = False) -> EvalResult:
+  """HR/NDCG/MRR@K, target perplexity per token and per item, and prediction rows."""
+  n = min(len(source), max_examples) if max_examples else len(source)
+  subset = source if n == len(source) else [source[i] for i in range(n)]
+  spec = pipeline.BatchSpec(batch_size, max_history=recommender.prompt_items,
+                            drop_remainder=False)
+  to_group = recommender.sids.item_to_group
+  ks = metrics_lib.usable_ks(ks, beam_size)
+  totals = metrics_lib.MetricSums.zeros(ks)
+  token_nll, rows = 0.0, []
+  batches = pipeline.batched(subset, spec)
+  for batch in metric_logging.track(batches, desc=f'eval {split}', unit='batch'):
+    valid = batch['valid']
+    items, scores = recommender.recommend(params, batch['history'], batch['history_len'],
+                                          beam_size)
+    totals = totals.add(metrics_lib.metric_sums(items, to_group[batch['target']], ks,
+                                                valid=valid))
+    p = recommender.prompts(batch['history'], batch['history_len'])
+    log_probs = target_log_probs(recommender.config, params, p['tokens'], p['positions'],
+                                 p['mask'], recommender.item_tokens[batch['target']])
+    token_nll -= float(np.sum(np.asarray(log_probs) * valid[:, None]))
+    if keep_predictions:
+      for r in np.flatnonzero(valid):
+        example = subset[int(batch['index'][r])]
+        keep = items[r] >= 0
+        rows.append({'user_id': example['user_id'].decode(), 'target': int(batch['target'][r]),
+                     'items': items[r][keep].tolist(), 'scores': scores[r][keep].tolist(),
+                     'sample_index': int(batch['index'][r]), 'split': split})
+  metrics = totals.means()
+  metrics['ppl_token'] = float(np.exp(token_nll / (n * recommender.vocab.num_levels)))
+  metrics['ppl_item'] = float(np.exp(token_nll / n))
+  metrics['examples'] = n
+  return EvalResult(metrics, rows)
