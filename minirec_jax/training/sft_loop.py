@@ -158,6 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.write(step, {**metrics, 'steps_per_s': config.log.every_steps / elapsed},
                    prefix='train/')
       window_start = time.perf_counter()
+    if config.ckpt.every_steps and step % config.ckpt.every_steps == 0 and step % eval_every:
+      ckpts.save(step, state, data_state=data_iter.get_state())
     if step % eval_every == 0 or step == total_steps:
       eval_metrics = {'loss': valid_loss(eval_step, state.params, s.valid,
                                          config.eval.batch_size, mesh)}

@@ -1,0 +1,102 @@
+"""SFT speed: seconds per epoch over Industrial train and model FLOPs utilisation (MFU).
+
+  python experiments/bench_sft.py [--variants=S,M] [--steps=20] [--output=docs/bench/sft.json]
+
+The peak is measured in the same run: the best of several large float32 matmuls (jitted
+jnp.dot, 2*n^3 FLOPs each) on this machine. MFU = achieved model FLOPs / that peak, where the
+model FLOPs of a step are train_flops_per_token x tokens in the step (every slot of the
+packed batch, padding included, since it is computed).
+"""
+
+import json
+import os
+import platform
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minirec_jax import io_utils
+from minirec_jax.config_utils import load_config
+from minirec_jax.data import pipeline
+from minirec_jax.models import decoder as decoder_lib
+from minirec_jax.training import parallel
+from minirec_jax.training import sft
+from minirec_jax.training import sft_loop
+
+_VARIANTS = flags.DEFINE_list('variants', ['S', 'M'], 'Model variants to time.')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per variant (after 3 warm-up steps).')
+_OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
+  """Best observed float32 matmul FLOP/s (jitted, n x n @ n x n)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    dot(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best
+
+
+def time_variant(variant: str, steps: int) -> dict:
+  config = load_config(f'configs/sft.py:dataset=industrial,variant={variant}')
+  s = sft_loop.setup(config)
+  mesh = parallel.make_mesh()
+  batch_size = config.train.batch_size
+  steps_per_epoch = len(s.train) // batch_size
+  state = sft_loop.init_state(s, config, steps_per_epoch, jax.random.key(0))
+  step = parallel.jit_data_parallel(sft.make_sft_step(sft_loop.make_apply_fn(s.model)), mesh)
+  arrays = {k: v for k, v in sft_loop._packed_arrays(s.train).items()}
+  batches = iter(pipeline.array_batches(arrays, batch_size, seed=0, num_epochs=None))
+  rng = jax.random.key(0)
+
+  def run(n):
+    nonlocal state
+    for _ in range(n):
+      batch = next(batches)
+      batch.pop('valid')
+      state, metrics = step(state, parallel.shard_batch(batch, mesh), rng)
+    jax.block_until_ready(metrics)
+
+  run(3)
+  start = time.perf_counter()
+  run(steps)
+  per_step = (time.perf_counter() - start) / steps
+  flops = decoder_lib.flops_per_token(s.model_config, config.train.seq_len)
+  tokens = batch_size * config.train.seq_len
+  return {'variant': variant, 'width': s.model_config.width, 'depth': s.model_config.depth,
+          **decoder_lib.count_params(s.model_config), 'seconds_per_step': per_step,
+          'steps_per_epoch': steps_per_epoch, 'seconds_per_epoch': per_step * steps_per_epoch,
+          'model_flops_per_s': flops['train_flops_per_token'] * tokens / per_step}
+
+
+def main(argv):
+  del argv
+  peak = matmul_peak_flops()
+  rows = []
+  for variant in _VARIANTS.value:
+    row = time_variant(variant, _STEPS.value)
+    row['mfu'] = row['model_flops_per_s'] / peak
+    rows.append(row)
+    print(f"{variant}: width {row['width']}, {row['params']:,} params, "
+          f"{row['seconds_per_epoch']:.1f} s/epoch ({row['steps_per_epoch']} steps), "
+          f"{row['model_flops_per_s'] / 1e9:.1f} GFLOP/s, MFU {100 * row['mfu']:.0f}%")
+  result = {'machine': f'{platform.node()} {os.cpu_count()} cpus',
+            'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'peak_matmul_flops': peak,
+            'rows': rows}
+  print(f'peak fp32 matmul: {peak / 1e9:.1f} GFLOP/s')
+  print(json.dumps(result, indent=2))
+  if _OUTPUT.value:
+    io_utils.write_json(_OUTPUT.value, result)
+
+
+if __name__ == '__main__':
+  app.run(main)
