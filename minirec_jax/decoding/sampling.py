@@ -1,59 +1,96 @@
-"""Trie-masked ancestral sampling of SIDs (RL rollouts), same interface as beam search."""
+"""Trie-masked ancestral sampling of SIDs (RL rollouts); same model interface as beam search.
+
+Each level draws a code from softmax(log p(code | prefix) / temperature) restricted to the codes
+the trie allows after the prefix, so with temperature 1 an item is drawn with probability
+prod_l p(c_l | prefix) / sum_{allowed c} p(c | prefix) (the model renormalised per level over
+the catalogue's continuations). Returned log-probs are those of the untempered model over the
+full vocabulary, as beam search scores them (see beam_search's module docstring).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from minirec_jax.decoding.beam_search import NEG_INF, level_log_probs
+from minirec_jax.decoding.beam_search import (NEG_INF, LogitsFn, ReorderFn, check_vocab,
+                                              sid_log_probs, sid_token)
 from minirec_jax.semantic_ids.trie import SidTrie
 
 
 @flax.struct.dataclass
 class SampleResult:
-  items: jax.Array            # int32 [batch, samples]
-  codes: jax.Array            # int32 [batch, samples, L]
-  token_log_probs: jax.Array  # float32 [batch, samples, L]: untempered model log-probs
-  scores: jax.Array           # float32 [batch, samples]: their sum
+  """Sampled catalogue SIDs, `num_samples` per user, in draw order (not sorted).
+
+  Attributes:
+    items: int32 `[batch, samples]`, always catalogue items (repeats are possible).
+    codes: int32 `[batch, samples, L]`.
+    token_log_probs: float32 `[batch, samples, L]`: untempered model log-prob of every token.
+    scores: float32 `[batch, samples]`: their sum, log p(SID | prompt).
+  """
+
+  items: jax.Array
+  codes: jax.Array
+  token_log_probs: jax.Array
+  scores: jax.Array
 
 
-def masked_sample(first_logits: jax.Array, cache: Any, logits_fn: Callable,
-                  reorder_cache: Callable, trie: SidTrie, rng: jax.Array, *, num_samples: int,
-                  sid_offset: int, temperature: float = 1.0) -> SampleResult:
-  """Draws `num_samples` catalogue SIDs per row from softmax(masked logits / temperature)."""
-  chex.assert_rank(first_logits, 2)
+def masked_sample(first_logits: jax.Array, cache: Any, logits_fn: LogitsFn,
+                  reorder_cache: ReorderFn, trie: SidTrie, rng: jax.Array, *, num_samples: int,
+                  sid_offset: int, temperature: float | jax.Array = 1.0) -> SampleResult:
+  """Draws `num_samples` catalogue SIDs per user (jittable; num_samples is static).
+
+  Args:
+    first_logits: `[batch, vocab]` next-token logits after each user's prompt.
+    cache: the model state after the prompts, `[batch]` rows.
+    logits_fn: `(cache, tokens [rows], step) -> (logits [rows, vocab], cache)`,
+      rows = batch * num_samples, user-major.
+    reorder_cache: `(cache, rows [new_rows]) -> cache`; used once, to expand users to samples.
+    trie: the catalogue's SID trie.
+    rng: a PRNG key.
+    num_samples: samples per user (static).
+    sid_offset: vocabulary id of the SID token (level 0, code 0).
+    temperature: > 0; divides the log-probs before sampling (not the returned log-probs).
+
+  Returns:
+    SampleResult with `[batch, num_samples]` items and scores.
+  """
+  check_vocab(first_logits, trie, sid_offset)
+  if isinstance(temperature, (int, float)) and temperature <= 0:
+    raise ValueError(f'temperature must be > 0, got {temperature} (use beam size 1 for greedy)')
   batch = first_logits.shape[0]
-  num_levels, k = trie.num_levels, trie.codebook_size
-  expand = jnp.repeat(jnp.arange(batch), num_samples)
-  cache = reorder_cache(cache, expand)
   rows = batch * num_samples
+  k, num_levels = trie.codebook_size, trie.num_levels
+  cache = reorder_cache(cache, jnp.repeat(jnp.arange(batch), num_samples))
+  log_probs = jnp.repeat(sid_log_probs(first_logits, 0, k, sid_offset), num_samples, axis=0)
+  keys = jax.random.split(rng, num_levels)
 
-  def choose(level, nodes, logits, key):
-    log_probs = level_log_probs(logits, level, k, sid_offset)
-    allowed = trie.next_node[level, nodes] >= 0
-    masked = jnp.where(allowed, log_probs, NEG_INF)
+  def draw(level, nodes, log_probs, key):
+    """One level for all rows: (code, child node or item, chosen log-prob), each `[rows]`."""
+    allowed = trie.next_node[level, nodes] >= 0                              # [rows, K]
+    # Clamped so that an allowed code always beats a forbidden one, even at log-prob -inf.
+    masked = jnp.where(allowed, jnp.maximum(log_probs, NEG_INF / 2), NEG_INF)
     code = jax.random.categorical(key, masked / temperature, axis=-1)
     chosen = jnp.take_along_axis(log_probs, code[:, None], axis=-1)[:, 0]
     return code, trie.next_node[level, nodes, code], chosen
 
-  def body(carry, level):
-    nodes, logits, cache = carry
-    code, child, chosen = choose(level, nodes, logits, jax.random.fold_in(rng, level))
-    token = sid_offset + level * k + code
-    logits, cache = logits_fn(cache, token, level)
-    return (child, logits, cache), (code, chosen)
+  def body(carry, inputs):
+    nodes, log_probs, cache = carry
+    level, key = inputs
+    code, nodes, chosen = draw(level, nodes, log_probs, key)
+    logits, cache = logits_fn(cache, sid_token(code, level, k, sid_offset), level)
+    return (nodes, sid_log_probs(logits, level + 1, k, sid_offset), cache), (code, chosen)
 
   nodes = jnp.zeros((rows,), jnp.int32)
-  (nodes, logits, _), (codes, chosen) = jax.lax.scan(
-      body, (nodes, first_logits[expand], cache), jnp.arange(num_levels - 1))
-  last = num_levels - 1
-  code, items, last_chosen = choose(last, nodes, logits, jax.random.fold_in(rng, last))
-  codes = jnp.concatenate([codes.T, code[:, None]], axis=1).reshape(batch, num_samples, -1)
-  token_lp = jnp.concatenate([chosen.T, last_chosen[:, None]], axis=1)
-  token_lp = token_lp.reshape(batch, num_samples, -1)
-  return SampleResult(items=items.reshape(batch, num_samples), codes=codes,
-                      token_log_probs=token_lp, scores=token_lp.sum(-1))
+  (nodes, log_probs, _), (codes, chosen) = jax.lax.scan(
+      body, (nodes, log_probs, cache),
+      (jnp.arange(num_levels - 1, dtype=jnp.int32), keys[:-1]))
+  last_code, items, last_chosen = draw(num_levels - 1, nodes, log_probs, keys[-1])
+  codes = jnp.concatenate([codes.T, last_code[:, None]], axis=1).astype(jnp.int32)
+  token_log_probs = jnp.concatenate([chosen.T, last_chosen[:, None]], axis=1)
+  token_log_probs = token_log_probs.reshape(batch, num_samples, num_levels)
+  return SampleResult(items=items.reshape(batch, num_samples),
+                      codes=codes.reshape(batch, num_samples, num_levels),
+                      token_log_probs=token_log_probs, scores=token_log_probs.sum(-1))
