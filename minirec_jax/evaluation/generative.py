@@ -20,7 +20,7 @@ import numpy as np
 from minirec_jax import metric_logging
 from minirec_jax import sid_sequences
 from minirec_jax.data import pipeline
-from minirec_jax.decoding import beam_search
+from minirec_jax.decoding import prompted
 from minirec_jax.evaluation import metrics as metrics_lib
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.semantic_ids import catalogue as catalogue_lib
@@ -36,34 +36,13 @@ def generate(config: decoder_lib.DecoderConfig, params, trie: trie_lib.SidTrie,
   `group_items[leaf]` maps a trie leaf to its representative item; -1 marks missing beams.
   """
   chex.assert_equal_shape([tokens, positions, mask])
-  logits, cache = decoder_lib.prefill(config, params, tokens, positions, mask,
-                                      max_len=tokens.shape[1] + trie.num_levels)
-  next_position = jnp.repeat(positions[:, -1] + 1, beam_size)
-
-  def logits_fn(cache, token, level):
-    return decoder_lib.decode_step(config, params, cache, token, next_position + level)
-
-  result = beam_search.constrained_beam_search(
-      logits, cache, logits_fn, decoder_lib.reorder_cache, trie, beam_size=beam_size,
-      sid_offset=sid_offset)
+  result = prompted.beam_search_prompts(config, params, trie, tokens, positions, mask,
+                                        beam_size=beam_size, sid_offset=sid_offset)
   items = jnp.where(result.items >= 0, group_items[jnp.maximum(result.items, 0)], -1)
   return items, result.scores
 
 
-@functools.partial(jax.jit, static_argnames=('config',))
-def target_log_probs(config: decoder_lib.DecoderConfig, params, tokens, positions, mask,
-                     target_tokens) -> jax.Array:
-  """Teacher-forced log p(target SID token l | prompt, earlier target tokens): `[batch, L]`."""
-  num_levels = target_tokens.shape[1]
-  full = jnp.concatenate([tokens, target_tokens], axis=1)
-  full_pos = jnp.concatenate(
-      [positions, positions[:, -1:] + 1 + jnp.arange(num_levels)[None]], axis=1)
-  valid = jnp.concatenate([mask, jnp.ones_like(target_tokens, bool)], axis=1)
-  seq = full.shape[1]
-  attn = jnp.tril(jnp.ones((seq, seq), bool))[None] & valid[:, None, :]
-  logits = decoder_lib.Decoder(config).apply({'params': params}, full, full_pos, attn)
-  log_probs = jax.nn.log_softmax(logits[:, -num_levels - 1:-1].astype(jnp.float32))
-  return jnp.take_along_axis(log_probs, target_tokens[..., None], axis=-1)[..., 0]
+target_log_probs = jax.jit(prompted.completion_log_probs, static_argnames=('config',))
 
 
 @dataclasses.dataclass(eq=False)

@@ -159,6 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    prefix='train/')
       window_start = time.perf_counter()
     if config.ckpt.every_steps and step % config.ckpt.every_steps == 0 and step % eval_every:
+      metric_logging.check_finite(step, jax.device_get(metrics))  # never save a NaN state
       ckpts.save(step, state, data_state=data_iter.get_state())
     if step % eval_every == 0 or step == total_steps:
       eval_metrics = {'loss': valid_loss(eval_step, state.params, s.valid,
