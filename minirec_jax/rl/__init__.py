@@ -1,0 +1,1 @@
+"""Reinforcement fine-tuning: GRPO math, rollouts and the update step."""

@@ -1,0 +1,92 @@
+"""The GRPO update as a pure step: `(state, ref_params, reward_params, batch, rng)`.
+
+batch (B prompts, G candidates each, from `rollout`):
+  tokens, positions, mask: [B, T] prompts;  history: [B, H], history_len: [B];
+  target: [B];  items: [B, G];  codes: [B, G, L]
+Rewards are computed inside the step (so a frozen reward model's params are an argument),
+then group-relative advantages, the clipped surrogate with KL to the reference, and one
+optimizer update. With one update per rollout the old policy is the current one
+(old_log_probs = stop_gradient(log_probs): ratio exactly 1).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from minirec_jax import rewards as rewards_lib
+from minirec_jax.decoding import prompted
+from minirec_jax.models.decoder import DecoderConfig
+from minirec_jax.rl import grpo
+
+# score_fn(reward_params, history [B, H], history_len [B], items [B, G]) -> [B, G]
+ScoreFn = Callable[..., jax.Array]
+
+
+def group_rewards(batch, reward_params, *, weights: dict[str, float], item_to_group,
+                  codes_table, score_fn: ScoreFn | None) -> tuple[jax.Array, dict]:
+  """Weighted reward `[B, G]` and each part's mean."""
+  items, target = batch['items'], batch['target']
+  parts = {}
+  if weights.get('rule'):
+    parts['rule'] = rewards_lib.rule_reward(items, target, item_to_group)
+  if weights.get('rank'):
+    parts['rank'] = rewards_lib.rank_reward(items, target, item_to_group)
+  if weights.get('prefix'):
+    parts['prefix'] = rewards_lib.prefix_reward(items, target, codes_table)
+  if weights.get('collab'):
+    if score_fn is None:
+      raise ValueError('reward weight collab > 0 needs a reward model (score_fn)')
+    scores = score_fn(reward_params, batch['history'], batch['history_len'],
+                      jnp.maximum(items, 0))
+    parts['collab'] = rewards_lib.collaborative_reward(scores)
+  total = rewards_lib.combine(weights, parts)
+  return total, {f'reward_{k}': v.mean() for k, v in parts.items()}
+
+
+def make_grpo_step(config: DecoderConfig, *, sid_offset: int, codebook_size: int,
+                   item_to_group: jax.Array, codes_table: jax.Array,
+                   weights: dict[str, float], beta: float = 1e-3, kl_estimator: str = 'k3',
+                   clip_eps: float = 0.2, aggregation: str = 'seq_mean_token_mean',
+                   adv_ddof: int = 1, adv_eps: float = 1e-4, score_fn: ScoreFn | None = None,
+                   axis_name: str | None = None) -> Callable:
+  """Returns the un-jitted pure GRPO step."""
+
+  def step(state, ref_params, reward_params, batch, rng):
+    del rng  # the update is deterministic given the rollout
+    items, codes = batch['items'], batch['codes']
+    b, g, num_levels = codes.shape
+    reward, reward_metrics = group_rewards(batch, reward_params, weights=weights,
+                                           item_to_group=item_to_group,
+                                           codes_table=codes_table, score_fn=score_fn)
+    advantages = grpo.group_advantages(reward, ddof=adv_ddof, eps=adv_eps)
+    completion = (sid_offset + jnp.arange(num_levels) * codebook_size
+                  + jnp.maximum(codes, 0)).reshape(b * g, num_levels)
+    rep = lambda x: jnp.repeat(x, g, axis=0)
+    prompt = (rep(batch['tokens']), rep(batch['positions']), rep(batch['mask']))
+    valid = jnp.broadcast_to((items >= 0).reshape(b * g, 1), (b * g, num_levels))
+    ref_lp = jax.lax.stop_gradient(
+        prompted.completion_log_probs(config, ref_params, *prompt, completion))
+
+    def loss_fn(params):
+      lp = prompted.completion_log_probs(config, params, *prompt, completion)
+      return grpo.grpo_loss(lp, jax.lax.stop_gradient(lp), ref_lp, advantages.reshape(-1),
+                            valid, clip_eps=clip_eps, beta=beta, kl_estimator=kl_estimator,
+                            aggregation=aggregation)
+
+    (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    hit = rewards_lib.hits(items, batch['target'], item_to_group)
+    metrics = {
+        'loss': loss, 'reward_mean': reward.mean(),
+        'reward_std': jnp.std(reward, axis=1, ddof=adv_ddof).mean(),
+        'zero_advantage_groups': (jnp.abs(advantages).max(axis=1) == 0).mean(),
+        'rollout_hit_rate': hit.any(axis=1).mean(), **loss_metrics, **reward_metrics}
+    if axis_name is not None:
+      grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    return state.apply_gradients(grads=grads), metrics
+
+  return step

@@ -1,0 +1,142 @@
+"""GRPO: golden numbers, rewards on hand-made groups, ratio 1, and a toy task it improves."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from minirec_jax import rewards
+from minirec_jax import sid_sequences as ss
+from minirec_jax.decoding import prompted
+from minirec_jax.models import decoder as decoder_lib
+from minirec_jax.models import variants
+from minirec_jax.rl import grpo
+from minirec_jax.rl import rollout as rollout_lib
+from minirec_jax.rl import step as step_lib
+from minirec_jax.semantic_ids import trie as trie_lib
+from minirec_jax.training import sft
+
+
+def test_group_advantages_golden():
+  r = jnp.array([[1.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+  adv = grpo.group_advantages(r, ddof=1, eps=1e-4)
+  std = math.sqrt(((0.75 ** 2) + 3 * (0.25 ** 2)) / 3)  # unbiased: 0.5
+  np.testing.assert_allclose(adv[0], np.array([0.75, -0.25, -0.25, -0.25]) / (std + 1e-4),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(adv[1], 0.0)  # equal rewards: no signal
+  adv0 = grpo.group_advantages(r[:1], ddof=0, eps=0.0)
+  np.testing.assert_allclose(adv0, [[0.75 / math.sqrt(0.1875)] + [-0.25 / math.sqrt(0.1875)] * 3],
+                             rtol=1e-6)
+
+
+def test_kl_estimators_golden():
+  lp, ref = jnp.array([-1.0, -2.0]), jnp.array([-1.5, -1.0])
+  np.testing.assert_allclose(grpo.kl_estimate(lp, ref, 'k1'), [0.5, -1.0])
+  np.testing.assert_allclose(grpo.kl_estimate(lp, ref, 'k3'),
+                             [math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1], rtol=1e-6)
+  with pytest.raises(ValueError):
+    grpo.kl_estimate(lp, ref, 'k2')
+
+
+def test_loss_golden_and_ratio_is_one_on_policy():
+  lp = jnp.array([[-1.0, -2.0], [-0.5, -0.5]])
+  ref = jnp.array([[-1.0, -1.0], [-0.5, -1.5]])
+  adv = jnp.array([1.0, -2.0])
+  mask = jnp.ones_like(lp)
+  loss, metrics = grpo.grpo_loss(lp, jax.lax.stop_gradient(lp), ref, adv, mask, beta=0.1,
+                                 kl_estimator='k3')
+  k3 = lambda d: math.exp(d) - d - 1
+  seq0 = (-1.0 + 0.1 * k3(0.0) - 1.0 + 0.1 * k3(1.0)) / 2
+  seq1 = (2.0 + 0.1 * k3(0.0) + 2.0 + 0.1 * k3(-1.0)) / 2
+  np.testing.assert_allclose(loss, (seq0 + seq1) / 2, rtol=1e-6)
+  assert metrics['ratio_mean'] == 1.0 and metrics['clip_fraction'] == 0.0
+  # The gradient of the on-policy surrogate is -A * grad(logp), as in REINFORCE.
+  grad = jax.grad(lambda x: grpo.grpo_loss(x, jax.lax.stop_gradient(x), x, adv, mask,
+                                           beta=0.0)[0])(lp)
+  np.testing.assert_allclose(grad, [[-0.25, -0.25], [0.5, 0.5]])
+
+
+def test_clipping_and_token_mean():
+  lp = jnp.log(jnp.array([[1.5, 1.0, 1.0]]))  # ratio 1.5 on token 0
+  old = jnp.zeros((1, 3))
+  mask = jnp.array([[1.0, 1.0, 0.0]])
+  loss, metrics = grpo.grpo_loss(lp, old, lp, jnp.array([1.0]), mask, clip_eps=0.2, beta=0.0,
+                                 aggregation='token_mean')
+  np.testing.assert_allclose(loss, -(1.2 + 1.0) / 2, rtol=1e-6)
+  np.testing.assert_allclose(metrics['clip_fraction'], 0.5)
+
+
+def test_rewards_on_hand_made_groups():
+  groups = jnp.arange(10)
+  items = jnp.array([[3, 5, 7, 9], [1, 2, 4, 6]])
+  targets = jnp.array([7, 8])
+  np.testing.assert_array_equal(rewards.rule_reward(items, targets, groups),
+                                [[0, 0, 1, 0], [0, 0, 0, 0]])
+  p = rewards.rank_penalties(16)
+  np.testing.assert_allclose(p[:3], [-0.1638, -0.1033, -0.0819], atol=1e-4)
+  np.testing.assert_allclose(p.sum(), -1.0, rtol=1e-6)
+  rank = rewards.rank_reward(items, targets, groups)
+  p4 = rewards.rank_penalties(4)
+  np.testing.assert_allclose(rank[0], [p4[0], p4[1], 0.0, p4[3]], rtol=1e-6)
+  np.testing.assert_array_equal(rank[1], 0.0)  # no hit in the group: no signal
+  codes = jnp.array([[0, 0, 0], [0, 0, 1], [0, 1, 1], [1, 1, 1]])
+  np.testing.assert_allclose(
+      rewards.prefix_reward(jnp.array([[0, 1, 2, 3]]), jnp.array([1]), codes),
+      [[2 / 3, 1.0, 1 / 3, 0.0]])
+  collab = rewards.collaborative_reward(jnp.array([[1.0, 2.0, 3.0]]))
+  np.testing.assert_allclose(collab.mean(), 0.0, atol=1e-6)
+  assert rewards.hits(jnp.array([[-1]]), jnp.array([0]), groups)[0, 0] == False  # noqa: E712
+
+
+def _toy(seed=0, items=12, k=4):
+  rng = np.random.default_rng(seed)
+  codes = np.stack(np.unravel_index(rng.permutation(k ** 2)[:items], (k, k)), 1)
+  vocab = ss.SidVocab(2, k)
+  config = variants.decoder_config('tiny', vocab.vocab_size)
+  trie = trie_lib.build_trie(codes, k)
+  prompts = jnp.asarray(rng.integers(1, vocab.vocab_size, (8, 4)), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(4), (8, 4))
+  mask = jnp.ones((8, 4), bool)
+  params = decoder_lib.Decoder(config).init(jax.random.key(seed), prompts, positions,
+                                            jnp.ones((8, 4, 4), bool))['params']
+  return codes, vocab, config, trie, prompts, positions, mask, params
+
+
+def _target_prob(config, params, vocab, codes, prompts, positions, mask, targets):
+  completion = jnp.asarray(vocab.item_tokens(codes)[np.asarray(targets)])
+  lp = prompted.completion_log_probs(config, params, prompts, positions, mask, completion)
+  return float(jnp.exp(lp.sum(-1)).mean())
+
+
+@pytest.mark.parametrize('mode', ['sample', 'beam'])
+def test_grpo_increases_expected_reward_on_a_toy_task(mode):
+  codes, vocab, config, trie, prompts, positions, mask, params = _toy()
+  targets = jnp.arange(8) % 12
+  step = jax.jit(step_lib.make_grpo_step(
+      config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
+      item_to_group=trie.item_to_group, codes_table=trie.codes,
+      weights={'rule': 1.0, 'rank': 1.0}, beta=0.0))
+  state = sft.TrainState.create(apply_fn=None, params=params, tx=optax.adam(3e-3))
+  before = _target_prob(config, params, vocab, codes, prompts, positions, mask, targets)
+  ref = params
+  hit_rates = []
+  for i in range(40):
+    roll = rollout_lib.rollout(config, state.params, trie, prompts, positions, mask, targets,
+                               jax.random.key(i), mode=mode, group_size=6,
+                               sid_offset=vocab.sid_offset, add_target=(mode == 'beam'))
+    batch = {'tokens': prompts, 'positions': positions, 'mask': mask, 'target': targets,
+             'history': jnp.zeros((8, 1), jnp.int32), 'history_len': jnp.ones(8, jnp.int32),
+             'items': roll.items, 'codes': roll.codes}
+    state, metrics = step(state, ref, None, batch, jax.random.key(0))
+    hit_rates.append(float(metrics['rollout_hit_rate']))
+  after = _target_prob(config, state.params, vocab, codes, prompts, positions, mask, targets)
+  assert after > 2 * before, (before, after)
+
+
+def test_dynamic_sampling_keeps_distinct_items_and_the_target():
+  items = jnp.array([[4, 4, 2, 9, 2, 7]])
+  keep = rollout_lib._dedupe_keep(items, jnp.array([9]), 3)
+  assert np.asarray(items[0, keep[0]]).tolist() == [9, 4, 2]
