@@ -1,0 +1,24 @@
+"""GRPO fine-tuning of an SFT checkpoint.
+
+  python experiments/train_grpo.py --config configs/grpo.py \
+      --config.init_from=workdirs/sft_industrial --workdir workdirs/grpo_industrial
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from minirec_jax.training import grpo_loop
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'GRPO config.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  grpo_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
