@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.seq_len = 128             # packed sequence length in tokens
   config.train.batch_size = 32           # packed sequences per step
   config.train.epochs = 20
+  config.train.data_fraction = 1.0       # < 1: train on the first fraction of train rows
   config.train.eval_every_steps = 0      # 0: once per epoch
 
   config.optim = ml_collections.ConfigDict()

@@ -30,10 +30,12 @@ from minirec_jax.training import parallel
 from minirec_jax.training import sft
 
 
-def packed_split(source, item_tokens: np.ndarray, max_history: int,
-                 seq_len: int) -> sid_sequences.PackedSequences:
-  """Packs every row of a split (exactly; see sid_sequences)."""
-  examples = source.__getitems__(list(range(len(source))))
+def packed_split(source, item_tokens: np.ndarray, max_history: int, seq_len: int,
+                 fraction: float = 1.0) -> sid_sequences.PackedSequences:
+  """Packs the rows of a split (all, or the first `fraction` in file order) exactly."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f'data fraction must be in (0, 1], got {fraction}')
+  examples = source.__getitems__(list(range(max(1, int(round(fraction * len(source)))))))
   users = [e['user_id'] for e in examples]
   histories = [e['history'][-max_history:] for e in examples]
   if any(len(e['history']) > max_history for e in examples):
@@ -73,7 +75,8 @@ def setup(config: ml_collections.ConfigDict) -> SftSetup:
   return SftSetup(
       dataset=dataset, sids=sids, vocab=vocab, model=decoder_lib.Decoder(model_config),
       model_config=model_config,
-      train=packed_split(dataset.split('train'), item_tokens, max_history, config.train.seq_len),
+      train=packed_split(dataset.split('train'), item_tokens, max_history, config.train.seq_len,
+                         config.train.get('data_fraction', 1.0)),
       valid=packed_split(dataset.split('valid'), item_tokens, max_history, config.train.seq_len))
 
 
