@@ -59,7 +59,8 @@ OFFICIAL_ROOT = os.path.normpath(os.path.join(REPO_ROOT, '..', 'shared', 'data',
 def data_config(name: str) -> ml_collections.ConfigDict:
   """The `data` section of every experiment config."""
   base = dict(name='', category='', manual_dir='', data_dir='', protocol='', max_history=10,
-              source='', seed=0, num_items=0, num_users=0, num_clusters=0)
+              source='', seed=0, num_items=0, num_users=0, num_clusters=0, min_len=0,
+              max_len=0)
   presets = {
       'industrial': dict(name='official', category='Industrial_and_Scientific',
                          manual_dir=OFFICIAL_ROOT),
