@@ -1,0 +1,1 @@
+"""Semantic IDs: item text embeddings and their tokenization into discrete codes."""
