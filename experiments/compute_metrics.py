@@ -1,44 +1,54 @@
-"""Recomputes the metrics table from a predictions file.
+"""Recomputes the ranking metrics of a predictions file and prints them as tables.
 
-  python experiments/compute_metrics.py --predictions=workdir/predictions_test.jsonl \
+  python experiments/compute_metrics.py --predictions=workdirs/sft/predictions_test.jsonl \
       [--ks=1,3,5,10,20,50] [--item_groups=groups.npy] [--output=metrics.json]
+
+The file format is documented in minirec_jax/evaluation/predictions.py; `--item_groups` is an
+int .npy array item -> group so that items sharing a SID count as the same item. K longer
+than the longest ranked list is dropped, as in the official calc.py. Bad input prints one
+error line naming file, line, field and value, and exits with status 1.
 """
 
 import sys
 
 from absl import app
 from absl import flags
-import numpy as np
 
 from minirec_jax import io_utils
 from minirec_jax.data.errors import DataError
-from minirec_jax.evaluation import metrics as metrics_lib
 from minirec_jax.evaluation import predictions
+from minirec_jax.evaluation import ranking
 
-_PREDICTIONS = flags.DEFINE_string('predictions', None, 'Predictions JSONL file.', required=True)
-_KS = flags.DEFINE_list('ks', [str(k) for k in metrics_lib.DEFAULT_KS], 'Cut-offs K.')
-_GROUPS = flags.DEFINE_string('item_groups', None,
-                              'Optional .npy int array item -> group (items sharing a SID).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
+_PREDICTIONS = flags.DEFINE_string('predictions', None, 'Predictions JSONL file.',
+                                   required=True)
+_KS = flags.DEFINE_list('ks', [str(k) for k in ranking.DEFAULT_KS], 'Cut-offs K, e.g. 1,5,10.')
+_ITEM_GROUPS = flags.DEFINE_string('item_groups', None,
+                                   'Optional .npy int array item -> group (items sharing a SID).')
+_OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON file for the metrics.')
+
+flags.register_validator('ks', lambda ks: all(k.strip().isdigit() and int(k) > 0 for k in ks),
+                         message='--ks must be a comma-separated list of positive integers')
 
 
 def main(argv):
   del argv
   try:
-    rows = list(predictions.read(_PREDICTIONS.value))
+    groups = (predictions.load_item_groups(_ITEM_GROUPS.value) if _ITEM_GROUPS.value
+              else None)
+    result = predictions.file_metrics(_PREDICTIONS.value, [int(k) for k in _KS.value],
+                                      item_to_group=groups)
   except DataError as exc:
     print(f'error: {exc}', file=sys.stderr)
-    sys.exit(2)
-  if not rows:
-    print(f'error: {_PREDICTIONS.value} has no predictions', file=sys.stderr)
-    sys.exit(2)
-  items, targets = predictions.ranked_arrays(rows)
-  groups = np.load(_GROUPS.value) if _GROUPS.value else None
-  result = metrics_lib.compute_metrics(items, targets, [int(k) for k in _KS.value], groups)
-  print(f'{len(rows)} samples from {_PREDICTIONS.value}')
-  print(metrics_lib.full_table(result))
+    sys.exit(1)
+  print(f'{result.samples} samples, ranked lists of up to {result.list_length} items: '
+        f'{result.path}')
+  if result.dropped_ks:
+    print(f'K > {result.list_length} dropped: {", ".join(map(str, result.dropped_ks))}')
+  print(ranking.table1({'predictions': result.metrics}))
+  print()
+  print(ranking.full_table(result.metrics))
   if _OUTPUT.value:
-    io_utils.write_json(_OUTPUT.value, {'samples': len(rows), **result})
+    io_utils.write_json(_OUTPUT.value, result.to_json())
 
 
 if __name__ == '__main__':

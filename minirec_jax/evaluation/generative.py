@@ -21,7 +21,7 @@ from minirec_jax import metric_logging
 from minirec_jax import sid_sequences
 from minirec_jax.data import pipeline
 from minirec_jax.decoding import prompted
-from minirec_jax.evaluation import metrics as metrics_lib
+from minirec_jax.evaluation import ranking
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.semantic_ids import catalogue as catalogue_lib
 from minirec_jax.semantic_ids import trie as trie_lib
@@ -89,16 +89,16 @@ def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_
   spec = pipeline.BatchSpec(batch_size, max_history=recommender.prompt_items,
                             drop_remainder=False)
   to_group = recommender.sids.item_to_group
-  ks = metrics_lib.usable_ks(ks, beam_size)
-  totals = metrics_lib.MetricSums.zeros(ks)
+  ks = ranking.usable_ks(ks, beam_size)
+  totals = ranking.RankCounts.zeros(beam_size)
   token_nll, rows = 0.0, []
   batches = pipeline.batched(subset, spec)
   for batch in metric_logging.track(batches, desc=f'eval {split}', unit='batch'):
     valid = batch['valid']
     items, scores = recommender.recommend(params, batch['history'], batch['history_len'],
                                           beam_size)
-    totals = totals.add(metrics_lib.metric_sums(items, to_group[batch['target']], ks,
-                                                valid=valid))
+    ranks = ranking.first_hit_rank(items, to_group[batch['target']])
+    totals = totals + ranking.RankCounts.from_ranks(ranks, beam_size, valid=valid)
     p = recommender.prompts(batch['history'], batch['history_len'])
     log_probs = target_log_probs(recommender.config, params, p['tokens'], p['positions'],
                                  p['mask'], recommender.item_tokens[batch['target']])
@@ -110,7 +110,7 @@ def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_
         rows.append({'user_id': example['user_id'].decode(), 'target': int(batch['target'][r]),
                      'items': items[r][keep].tolist(), 'scores': scores[r][keep].tolist(),
                      'sample_index': int(batch['index'][r]), 'split': split})
-  metrics = totals.means()
+  metrics = totals.means(ks)
   metrics['ppl_token'] = float(np.exp(token_nll / (n * recommender.vocab.num_levels)))
   metrics['ppl_item'] = float(np.exp(token_nll / n))
   metrics['examples'] = n

@@ -1,85 +1,230 @@
-"""The predictions file: one JSON object per evaluated sample (JSONL).
+"""Predictions files (JSONL, one object per evaluated sample) and their ranking metrics.
 
-Fields of each line:
-  user_id      str        the sample's user
-  target       int        the target item id
-  items        list[int]  recommended item ids, best first
-  scores       list[float] their scores (same length; log-probs or logits), descending
-  sample_index int        (optional) row of the sample in its split
-  split        str        (optional) split name
+Each line is one object with these keys (no others):
 
-`write` streams rows to a temporary file and renames it; `read` validates every line and
-raises a DataError naming the file, line, field and value.
+  user_id       str          the sample's user
+  target        int >= 0     the target item id
+  items         list[int]    recommended item ids (>= 0), best first; may be shorter than the
+                             beam when fewer valid items came out, or empty
+  scores        list[float]  their scores (e.g. beam log-probs): same length as `items`, finite,
+                             descending (ties allowed)
+  sample_index  int >= 0     optional: row of the sample in its split
+  split         str          optional: split name ('valid', 'test', ...)
+
+Example:
+  {"user_id": "A1B2", "target": 17, "items": [17, 4, 9], "scores": [-0.3, -1.2, -2.5],
+   "sample_index": 0, "split": "test"}
+
+`write` validates and streams rows into a temporary file that replaces the target only when
+complete (io_utils). `read` validates every line and raises a DataError naming the file, line,
+field and value of the first problem. `file_metrics` recomputes the ranking metrics of a file
+(see ranking.py) in bounded memory; like `calc.py`, it only reports K up to the longest list.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from typing import Iterable, Iterator
+import os
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from minirec_jax import io_utils
-from minirec_jax.data.errors import DataError
+from minirec_jax.data.errors import DataError, require_file
+from minirec_jax.evaluation import ranking
 
-REQUIRED = {'user_id': str, 'target': int, 'items': list, 'scores': list}
-OPTIONAL = {'sample_index': int, 'split': str}
-
-
-def write(path: str, rows: Iterable[dict]) -> int:
-  """Writes prediction rows atomically; returns the number written."""
-  return io_utils.write_jsonl(path, rows)
+REQUIRED_FIELDS = ('user_id', 'target', 'items', 'scores')
+OPTIONAL_FIELDS = ('sample_index', 'split')
+# Stands for the whole line in errors that are not about one key.
+WHOLE_LINE = '(line)'
 
 
-def _check(row, path: str, line: int) -> dict:
-  if not isinstance(row, dict):
-    raise DataError('expected a JSON object', path=path, line=line, field='row', value=row)
-  for field, kind in {**REQUIRED, **OPTIONAL}.items():
-    if field not in row:
-      if field in REQUIRED:
-        raise DataError('missing field', path=path, line=line, field=field)
-      continue
-    value = row[field]
-    if not isinstance(value, kind) or isinstance(value, bool):
-      raise DataError(f'expected {kind.__name__}', path=path, line=line, field=field,
-                      value=value, has_value=True)
-  for i in row['items']:
-    if isinstance(i, bool) or not isinstance(i, int):
-      raise DataError('item ids must be integers', path=path, line=line, field='items',
-                      value=row['items'])
-  for s in row['scores']:
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or math.isnan(s):
-      raise DataError('scores must be numbers', path=path, line=line, field='scores',
-                      value=row['scores'])
-  if len(row['items']) != len(row['scores']):
-    raise DataError(f"{len(row['items'])} items but {len(row['scores'])} scores", path=path,
-                    line=line, field='scores', value=row['scores'])
+def make_row(user_id: str, target: int, items: Sequence[int], scores: Sequence[float], *,
+             sample_index: int | None = None, split: str | None = None) -> dict[str, Any]:
+  """A row with plain Python types (numpy scalars and arrays are converted)."""
+  row = {'user_id': str(user_id), 'target': int(target),
+         'items': [int(i) for i in np.asarray(items).reshape(-1)],
+         'scores': [float(s) for s in np.asarray(scores).reshape(-1)]}
+  if sample_index is not None:
+    row['sample_index'] = int(sample_index)
+  if split is not None:
+    row['split'] = str(split)
   return row
 
 
-def read(path: str) -> Iterator[dict]:
-  """Yields validated rows."""
-  try:
-    f = open(path, encoding='utf-8')
-  except FileNotFoundError:
-    raise DataError('missing predictions file', path=path) from None
-  with f:
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_id(value, path: str, line: int, field: str) -> None:
+  if not _is_int(value):
+    raise DataError('expected an integer item id', path=path, line=line, field=field,
+                    value=value, has_value=True)
+  if value < 0:
+    raise DataError('item ids must be >= 0', path=path, line=line, field=field, value=value)
+
+
+def validate_row(row, path: str, line: int) -> dict[str, Any]:
+  """Returns `row` if it follows the format above; otherwise raises a DataError."""
+  if not isinstance(row, dict):
+    raise DataError('expected a JSON object', path=path, line=line, field=WHOLE_LINE,
+                    value=row, has_value=True)
+  for field in row:
+    if field not in REQUIRED_FIELDS + OPTIONAL_FIELDS:
+      raise DataError(f'unknown field (expected {REQUIRED_FIELDS + OPTIONAL_FIELDS})',
+                      path=path, line=line, field=field, value=row[field], has_value=True)
+  for field in REQUIRED_FIELDS:
+    if field not in row:
+      raise DataError('missing field', path=path, line=line, field=field)
+
+  def fail(problem: str, field: str, value) -> DataError:
+    return DataError(problem, path=path, line=line, field=field, value=value, has_value=True)
+
+  for field in ('user_id', 'split'):
+    if field in row and not isinstance(row[field], str):
+      raise fail('expected a string', field, row[field])
+  if 'sample_index' in row and not (_is_int(row['sample_index']) and row['sample_index'] >= 0):
+    raise fail('expected an integer >= 0', 'sample_index', row['sample_index'])
+  _check_id(row['target'], path, line, 'target')
+  items, scores = row['items'], row['scores']
+  if not isinstance(items, list):
+    raise fail('expected a list of item ids', 'items', items)
+  if not isinstance(scores, list):
+    raise fail('expected a list of numbers', 'scores', scores)
+  for i, item in enumerate(items):
+    _check_id(item, path, line, f'items[{i}]')
+  for i, score in enumerate(scores):
+    if not _is_number(score) or not math.isfinite(score):
+      raise fail('expected a finite number', f'scores[{i}]', score)
+    if i and score > scores[i - 1]:
+      raise fail(f'scores must be descending (previous score {scores[i - 1]!r})',
+                 f'scores[{i}]', score)
+  if len(items) != len(scores):
+    raise fail(f'{len(scores)} scores for {len(items)} items', 'scores', scores)
+  return row
+
+
+def write(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+  """Validates and writes rows atomically, one per line, streaming; returns the row count."""
+  path = os.fspath(path)
+  return io_utils.write_jsonl(
+      path, (validate_row(row, path, line) for line, row in enumerate(rows, start=1)))
+
+
+def _read_numbered(path: str) -> Iterator[tuple[int, dict]]:
+  require_file(path, 'predictions file')
+  with open(path, encoding='utf-8') as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue
       try:
         row = json.loads(line)
       except json.JSONDecodeError as exc:
-        raise DataError(f'invalid JSON ({exc.msg})', path=path, line=line_no, field='line',
-                        value=line.strip()) from None
-      yield _check(row, path, line_no)
+        raise DataError(f'invalid JSON: {exc.msg} (column {exc.colno})', path=path,
+                        line=line_no, field=WHOLE_LINE, value=line.rstrip('\n')) from None
+      yield line_no, validate_row(row, path, line_no)
 
 
-def ranked_arrays(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-  """(items int64 `[n, max_len]` padded with -1, targets `[n]`) for the metric functions."""
+def read(path: str | os.PathLike) -> Iterator[dict]:
+  """Yields the validated rows of a predictions file (blank lines are skipped)."""
+  for _, row in _read_numbered(os.fspath(path)):
+    yield row
+
+
+def ranked_arrays(rows: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """(items int64 `[n, longest]` padded with -1, targets int64 `[n]`) for ranking.py."""
   width = max((len(r['items']) for r in rows), default=0)
   items = np.full((len(rows), width), -1, np.int64)
   for i, r in enumerate(rows):
     items[i, :len(r['items'])] = r['items']
   return items, np.asarray([r['target'] for r in rows], np.int64)
+
+
+def load_item_groups(path: str | os.PathLike) -> np.ndarray:
+  """Reads an `item_to_group` array (.npy, 1-D, integers >= 0) for same-SID matching."""
+  path = require_file(os.fspath(path), 'item groups .npy file')
+  try:
+    groups = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as exc:
+    raise DataError(f'not a readable .npy array ({exc})', path=path) from None
+  if not isinstance(groups, np.ndarray) or groups.ndim != 1:
+    raise DataError('expected a 1-D .npy array item -> group', path=path)
+  if not np.issubdtype(groups.dtype, np.integer):
+    raise DataError(f'expected integer group ids, got dtype {groups.dtype}', path=path)
+  if groups.size and groups.min() < 0:
+    row = int(np.argmin(groups))
+    raise DataError('group ids must be >= 0', path=path, field=f'[{row}]',
+                    value=int(groups[row]))
+  return groups
+
+
+@dataclasses.dataclass(frozen=True)
+class FileMetrics:
+  """Metrics of a predictions file.
+
+  samples: rows read. list_length: the longest ranked list. metrics: 'hr@K', 'ndcg@K',
+  'mrr@K' for the usable K. dropped_ks: requested K longer than every list.
+  """
+
+  path: str
+  samples: int
+  list_length: int
+  metrics: dict[str, float]
+  dropped_ks: tuple[int, ...]
+
+  def to_json(self) -> dict[str, Any]:
+    return {'predictions': self.path, 'samples': self.samples,
+            'list_length': self.list_length, **self.metrics}
+
+
+def _check_in_groups(row: dict, num_items: int, path: str, line: int) -> None:
+  for field, item in [('target', row['target'])] + [
+      (f'items[{i}]', item) for i, item in enumerate(row['items'])]:
+    if item >= num_items:
+      raise DataError(f'item id outside the item groups ({num_items} items)', path=path,
+                      line=line, field=field, value=item)
+
+
+def _rank_counts(rows: list[dict], item_to_group) -> ranking.RankCounts:
+  items, targets = ranked_arrays(rows)
+  ranks = ranking.first_hit_rank(items, targets, item_to_group)
+  return ranking.RankCounts.from_ranks(ranks, items.shape[1])
+
+
+def file_metrics(path: str | os.PathLike, ks: Sequence[int] = ranking.DEFAULT_KS, *,
+                 item_to_group: np.ndarray | None = None,
+                 chunk_rows: int = 4096) -> FileMetrics:
+  """Reads and validates a predictions file and computes its mean ranking metrics.
+
+  Args:
+    path: the JSONL file.
+    ks: cut-offs; those longer than the longest list are dropped (as `calc.py`).
+    item_to_group: optional int `[num_items]`: items with the same group id count as the
+      same item (shared SIDs); every id in the file must be below its length.
+    chunk_rows: rows converted to arrays at a time (bounds memory).
+
+  Returns:
+    FileMetrics.
+  """
+  path = os.fspath(path)
+  ranking.usable_ks(ks, 0)  # Rejects bad K before reading the file.
+  totals, chunk = ranking.RankCounts.zeros(), []
+  for line, row in _read_numbered(path):
+    if item_to_group is not None:
+      _check_in_groups(row, len(item_to_group), path, line)
+    chunk.append(row)
+    if len(chunk) == chunk_rows:
+      totals, chunk = totals + _rank_counts(chunk, item_to_group), []
+  if chunk:
+    totals = totals + _rank_counts(chunk, item_to_group)
+  if totals.count == 0:
+    raise DataError('no predictions in file', path=path)
+  return FileMetrics(path=path, samples=totals.count, list_length=totals.list_length,
+                     metrics=totals.means(ks),
+                     dropped_ks=tuple(sorted({k for k in ks if k > totals.list_length})))

@@ -20,7 +20,7 @@ from minirec_jax import sid_sequences
 from minirec_jax.data import loading
 from minirec_jax.data import pipeline
 from minirec_jax.evaluation import generative
-from minirec_jax.evaluation import metrics as metrics_lib
+from minirec_jax.evaluation import ranking
 from minirec_jax.evaluation import predictions
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import variants
@@ -215,8 +215,8 @@ def report(config: ml_collections.ConfigDict, workdir: str, s: SftSetup, params)
     predictions.write(os.path.join(workdir, f'predictions_{split}.jsonl'), result.predictions)
     results[split] = result.metrics
     print(f'--- {split} ({result.metrics["examples"]} samples, beam {config.eval.beam_size}) ---')
-    print(metrics_lib.full_table(result.metrics))
+    print(ranking.full_table(result.metrics))
     print(f'target perplexity: {result.metrics["ppl_token"]:.3f} per token, '
           f'{result.metrics["ppl_item"]:.2f} per item')
-  print(metrics_lib.table1({f'minirec-jax SFT ({config.model.variant})': results['test']}))
+  print(ranking.table1({f'minirec-jax SFT ({config.model.variant})': results['test']}))
   return results
