@@ -4,15 +4,20 @@ Blocks: RMSNorm -> grouped-query attention with RoPE (HF "rotate_half" conventio
 q/k/v bias, no output bias) -> residual -> RMSNorm -> SwiGLU MLP -> residual; final RMSNorm;
 LM head tied to the embedding or separate. Parameter names follow HF Qwen2 (embed_tokens,
 layers_i/self_attn/{q,k,v,o}_proj, mlp/{gate,up,down}_proj, input_layernorm,
-post_attention_layernorm, norm, lm_head), so `params_from_hf` loads a pretrained checkpoint
-of the family without touching the module. Parameters are float32; `dtype` sets compute.
+post_attention_layernorm, norm, lm_head), so `params_from_hf_state_dict` loads a pretrained
+checkpoint of the family without touching the module. Parameters are float32; `dtype` sets the
+compute dtype; logits are always float32.
 
 Two call paths share the same weights:
-* training / scoring: `model.apply({'params': p}, tokens, positions, mask) -> logits` with any
-  boolean attention mask `[batch, q, k]` (e.g. segment-restricted causal masks);
-* decoding: `prefill` then `decode_step` with a cache pytree whose arrays carry the batch on
-  axis 1 (k/v: `[layers, batch, max_len, kv_heads, head_dim]`) or 0 (`valid: [batch, max_len]`),
-  so `reorder_cache` can gather rows for beam search.
+* training / scoring: `Decoder(config).apply({'params': p}, tokens, positions, mask)` with any
+  boolean attention mask `[batch, q, k]` (segment-restricted or windowed causal masks; see
+  `causal_mask` for plain causal attention over left-padded rows);
+* decoding: `prefill` then `decode_step`, with the cache as a dict pytree:
+    k, v:  `[layers, batch, max_len, kv_heads, head_dim]` (batch on axis 1),
+    valid: bool `[batch, max_len]`, True on slots that hold a real token (batch on axis 0),
+    index: int32 scalar, the next slot to write (shared by all rows: left padding, not per-row
+           offsets, absorbs different prompt lengths).
+  `reorder_cache` gathers rows along those batch axes, e.g. to follow beams.
 """
 
 from __future__ import annotations
@@ -27,44 +32,77 @@ import jax.numpy as jnp
 import numpy as np
 
 Cache = dict[str, jax.Array]
+Params = dict[str, Any]
 _INIT = nn.initializers.normal(0.02)
-NEG_INF = -1e30  # finite: keeps fully masked rows (left padding) NaN-free
+_COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
+  """Architecture hyperparameters; hashable, so it can be a static jit argument.
+
+  Attributes:
+    vocab_size: rows of the token embedding (and LM head outputs).
+    width: model (residual stream) width, HF `hidden_size`.
+    depth: number of blocks, HF `num_hidden_layers`.
+    num_heads: query heads.
+    num_kv_heads: key/value heads (grouped-query attention); must divide num_heads.
+    mlp_dim: SwiGLU hidden width, HF `intermediate_size`.
+    head_dim: per-head width; 0 means width // num_heads.
+    rope_theta: RoPE base (Qwen2: 1e6, Llama 2: 1e4).
+    rms_eps: RMSNorm epsilon.
+    qkv_bias: whether q/k/v projections have a bias (Qwen2 yes, Llama no).
+    tie_embeddings: LM head = embedding transposed (no separate lm_head parameter).
+    dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+    max_len: longest sequence (positions and cache length) the model is meant for, HF
+      `max_position_embeddings`; `init_cache` refuses longer caches.
+  """
+
   vocab_size: int
   width: int
   depth: int
   num_heads: int
   num_kv_heads: int
   mlp_dim: int
-  head_dim: int = 0              # 0: width // num_heads
+  head_dim: int = 0
   rope_theta: float = 1e6
   rms_eps: float = 1e-6
   qkv_bias: bool = True
   tie_embeddings: bool = True
-  dtype: str = 'float32'          # compute dtype: 'float32' | 'bfloat16'
+  dtype: str = 'float32'
+  max_len: int = 32768
 
   def __post_init__(self):
+    for name in ('vocab_size', 'width', 'depth', 'num_heads', 'num_kv_heads', 'mlp_dim',
+                 'max_len'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'DecoderConfig.{name} must be >= 1, got {getattr(self, name)}')
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'num_heads {self.num_heads} must be a multiple of num_kv_heads '
                        f'{self.num_kv_heads}')
+    if self.dtype not in _COMPUTE_DTYPES:
+      raise ValueError(f'DecoderConfig.dtype must be one of {_COMPUTE_DTYPES}, got '
+                       f'{self.dtype!r}')
     if not self.head_dim:
       if self.width % self.num_heads:
-        raise ValueError(f'width {self.width} is not divisible by num_heads {self.num_heads}')
+        raise ValueError(f'width {self.width} is not divisible by num_heads {self.num_heads}; '
+                         'set head_dim explicitly')
       object.__setattr__(self, 'head_dim', self.width // self.num_heads)
+    if self.head_dim % 2:
+      raise ValueError(f'head_dim must be even for RoPE, got {self.head_dim}')
 
   @property
-  def compute_dtype(self):
+  def compute_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.dtype)
 
 
 class RMSNorm(nn.Module):
+  """y = x / rms(x) * weight, computed in float32, returned in x's dtype."""
+
   eps: float
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x: jax.Array) -> jax.Array:
     weight = self.param('weight', nn.initializers.ones, (x.shape[-1],))
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
@@ -72,7 +110,15 @@ class RMSNorm(nn.Module):
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding, HF rotate_half layout. x: `[b, s, heads, d]`, positions: `[b, s]`."""
+  """Rotary embedding in the HF rotate_half layout (pairs dims i and i + d/2).
+
+  Args:
+    x: `[batch, seq, heads, head_dim]`.
+    positions: int `[batch, seq]`.
+    theta: RoPE base.
+  Returns:
+    `x` rotated, same shape and dtype (angles computed in float32).
+  """
   d = x.shape[-1]
   inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
   angles = positions.astype(jnp.float32)[..., None] * inv_freq        # [b, s, d/2]
@@ -82,24 +128,35 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
+def _dense(config: DecoderConfig, features: int, bias: bool, name: str) -> nn.Dense:
+  return nn.Dense(features, use_bias=bias, dtype=config.compute_dtype, kernel_init=_INIT,
+                  name=name)
+
+
 class Attention(nn.Module):
+  """Grouped-query self-attention with RoPE; optionally reads and writes a KV cache."""
+
   config: DecoderConfig
 
   @nn.compact
   def __call__(self, x, positions, mask, kv=None):
-    """x: `[b, s, width]`; mask: bool `[b, s, t]`; kv: optional (k_cache, v_cache, index).
+    """Attends `x` to itself, or to the cache when `kv` is given.
 
-    Without kv, keys are the s inputs (t == s). With kv (`[b, max_len, kv_heads, d]` each),
-    the new keys/values are written at slot `index` and the query attends over all max_len
-    slots (t == max_len); returns (out, (k_cache, v_cache)).
+    Args:
+      x: `[b, s, width]`.
+      positions: int `[b, s]`.
+      mask: bool `[b, s, t]`, True where query i may attend to key j.
+      kv: None (then t == s), or (k_cache, v_cache, index) with caches
+        `[b, max_len, kv_heads, head_dim]`: the s new keys/values are written at slots
+        index..index+s-1 and the queries attend over all t == max_len slots.
+    Returns:
+      (`[b, s, width]`, None or the updated (k_cache, v_cache)).
     """
     c = self.config
-    dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=c.compute_dtype,
-                                           kernel_init=_INIT, name=name)
     b, s, _ = x.shape
-    q = dense(c.num_heads * c.head_dim, c.qkv_bias, 'q_proj')(x)
-    k = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, 'k_proj')(x)
-    v = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, 'v_proj')(x)
+    q = _dense(c, c.num_heads * c.head_dim, c.qkv_bias, 'q_proj')(x)
+    k = _dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'k_proj')(x)
+    v = _dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'v_proj')(x)
     q = rope(q.reshape(b, s, c.num_heads, c.head_dim), positions, c.rope_theta)
     k = rope(k.reshape(b, s, c.num_kv_heads, c.head_dim), positions, c.rope_theta)
     v = v.reshape(b, s, c.num_kv_heads, c.head_dim)
@@ -109,30 +166,30 @@ class Attention(nn.Module):
       k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
       v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
       new_kv = (k, v)
-    groups = c.num_heads // c.num_kv_heads
-    q = q.reshape(b, s, c.num_kv_heads, groups, c.head_dim)
-    scores = jnp.einsum('bskgd,btkd->bkgst', q, k.astype(q.dtype)).astype(jnp.float32)
-    scores = scores / np.sqrt(c.head_dim)
-    scores = jnp.where(mask[:, None, None], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum('bkgst,btkd->bskgd', probs, v.astype(q.dtype))
-    out = dense(c.width, False, 'o_proj')(out.reshape(b, s, c.num_heads * c.head_dim))
+    # Query head h reads KV head h // (num_heads // num_kv_heads), as HF repeat_kv does.
+    # Scores and softmax are float32; a fully masked row (left padding) stays finite.
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
+                                       mask=mask[:, None])
+    out = _dense(c, c.width, False, 'o_proj')(out.reshape(b, s, c.num_heads * c.head_dim))
     return out, new_kv
 
 
 class Mlp(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
+
   config: DecoderConfig
 
   @nn.compact
   def __call__(self, x):
     c = self.config
-    dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.compute_dtype,
-                                     kernel_init=_INIT, name=name)
-    return dense(c.width, 'down_proj')(nn.silu(dense(c.mlp_dim, 'gate_proj')(x)) *
-                                       dense(c.mlp_dim, 'up_proj')(x))
+    hidden = nn.silu(_dense(c, c.mlp_dim, False, 'gate_proj')(x))
+    return _dense(c, c.width, False, 'down_proj')(hidden * _dense(c, c.mlp_dim, False,
+                                                                   'up_proj')(x))
 
 
 class Block(nn.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+
   config: DecoderConfig
 
   @nn.compact
@@ -146,15 +203,28 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Decoder-only LM. `__call__(tokens [b, s], positions [b, s], mask [b, s, t]) -> logits`."""
+  """Decoder-only LM.
+
+  `__call__(tokens [b, s], positions [b, s], mask [b, s, t] | None, cache=None)` returns
+  float32 logits `[b, s, vocab]`, or `(logits, cache)` when a cache is given (use `prefill`
+  and `decode_step` rather than passing a cache directly). `mask=None` means plain causal
+  attention over the s tokens (no padding).
+  """
 
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, tokens, positions, mask, cache: Cache | None = None):
+  def __call__(self, tokens, positions, mask=None, cache: Cache | None = None):
     c = self.config
     chex.assert_rank([tokens, positions], 2)
+    chex.assert_equal_shape([tokens, positions])
+    b, s = tokens.shape
+    if mask is None:
+      if cache is not None:
+        raise ValueError('decoding with a cache needs an explicit mask (see prefill)')
+      mask = jnp.broadcast_to(jnp.tril(jnp.ones((s, s), bool)), (b, s, s))
     chex.assert_rank(mask, 3)
+    chex.assert_type(mask, bool)
     embed = nn.Embed(c.vocab_size, c.width, embedding_init=_INIT, name='embed_tokens')
     x = embed(tokens).astype(c.compute_dtype)
     new_k, new_v = [], []
@@ -164,21 +234,37 @@ class Decoder(nn.Module):
       if cache is not None:
         new_k.append(layer_kv[0])
         new_v.append(layer_kv[1])
-    x = RMSNorm(c.rms_eps, name='norm')(x)
+    # The final norm and the LM head run in float32 whatever the compute dtype.
+    x = RMSNorm(c.rms_eps, name='norm')(x.astype(jnp.float32))
     if c.tie_embeddings:
-      logits = embed.attend(x.astype(jnp.float32))
+      logits = embed.attend(x)
     else:
       logits = nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32, kernel_init=_INIT,
                         name='lm_head')(x)
     logits = logits.astype(jnp.float32)
     if cache is None:
       return logits
-    s = tokens.shape[1]
     return logits, {'k': jnp.stack(new_k), 'v': jnp.stack(new_v), 'valid': cache['valid'],
                     'index': cache['index'] + s}
 
 
+def causal_mask(valid: jax.Array) -> jax.Array:
+  """Causal attention over rows with (left) padding.
+
+  Args:
+    valid: bool `[batch, seq]`, False on padding tokens.
+  Returns:
+    bool `[batch, seq, seq]`: query i sees key j iff j <= i and key j is valid.
+  """
+  chex.assert_rank(valid, 2)
+  s = valid.shape[1]
+  return jnp.tril(jnp.ones((s, s), bool))[None] & valid[:, None, :].astype(bool)
+
+
 def init_cache(config: DecoderConfig, batch: int, max_len: int) -> Cache:
+  """An empty cache (see the module docstring for its layout), in the compute dtype."""
+  if not 1 <= max_len <= config.max_len:
+    raise ValueError(f'cache length {max_len} must be in [1, config.max_len={config.max_len}]')
   shape = (config.depth, batch, max_len, config.num_kv_heads, config.head_dim)
   return {'k': jnp.zeros(shape, config.compute_dtype), 'v': jnp.zeros(shape, config.compute_dtype),
           'valid': jnp.zeros((batch, max_len), bool), 'index': jnp.zeros((), jnp.int32)}
@@ -193,25 +279,51 @@ def _cache_mask(cache: Cache, steps: int) -> jax.Array:
   return causal[None] & cache['valid'][:, None, :]
 
 
-def prefill(config: DecoderConfig, params, tokens: jax.Array, positions: jax.Array,
+def prefill(config: DecoderConfig, params: Params, tokens: jax.Array, positions: jax.Array,
             mask: jax.Array, max_len: int) -> tuple[jax.Array, Cache]:
-  """Reads left-padded prompts; returns next-token logits `[b, vocab]` and the cache.
+  """Reads left-padded prompts into a fresh cache.
 
   Args:
-    tokens, positions: `[b, T]`; mask: bool `[b, T]` (False on padding).
-    max_len: cache length (T + number of tokens to generate).
+    config: the model config (static under jit).
+    params: the decoder parameters.
+    tokens: int `[b, T]` prompts, left-padded.
+    positions: int `[b, T]` per-row positions (0 at each row's first real token; any value on
+      padding).
+    mask: bool `[b, T]`, False on padding.
+    max_len: cache length, T + the number of tokens to be generated (static under jit).
+  Returns:
+    (float32 next-token logits `[b, vocab]`, the cache with `index == T`).
   """
+  chex.assert_rank([tokens, positions, mask], 2)
+  chex.assert_equal_shape([tokens, positions, mask])
   b, t = tokens.shape
+  if max_len < t:
+    raise ValueError(f'cache length {max_len} is shorter than the prompts ({t} tokens)')
   cache = init_cache(config, b, max_len)
-  cache['valid'] = cache['valid'].at[:, :t].set(mask)
+  cache['valid'] = cache['valid'].at[:, :t].set(mask.astype(bool))
   logits, cache = Decoder(config).apply({'params': params}, tokens, positions,
                                         _cache_mask(cache, t), cache)
   return logits[:, -1], cache
 
 
-def decode_step(config: DecoderConfig, params, cache: Cache, tokens: jax.Array,
+def decode_step(config: DecoderConfig, params: Params, cache: Cache, tokens: jax.Array,
                 positions: jax.Array) -> tuple[jax.Array, Cache]:
-  """Feeds one token per row (`[b]`, positions `[b]`); returns logits `[b, vocab]`, cache."""
+  """Feeds one token per row at cache slot `cache['index']`.
+
+  The caller must keep `cache['index'] < max_len`: a write past the end is clamped by
+  `dynamic_update_slice` (it would overwrite the last slot), which cannot be checked in jit.
+
+  Args:
+    config: the model config (static under jit).
+    params: the decoder parameters.
+    cache: from `prefill` or an earlier `decode_step`.
+    tokens: int `[b]`.
+    positions: int `[b]`, each row's position of this token.
+  Returns:
+    (float32 logits `[b, vocab]` for the next token, the updated cache).
+  """
+  chex.assert_rank([tokens, positions], 1)
+  chex.assert_equal_shape([tokens, positions])
   cache = dict(cache)
   cache['valid'] = jax.lax.dynamic_update_slice(
       cache['valid'], jnp.ones((tokens.shape[0], 1), bool), (0, cache['index']))
@@ -226,68 +338,124 @@ def reorder_cache(cache: Cache, rows: jax.Array) -> Cache:
           'index': cache['index']}
 
 
+def abstract_params(config: DecoderConfig) -> Params:
+  """The parameter tree as `jax.ShapeDtypeStruct`s (jax.eval_shape: allocates nothing)."""
+  ones = jnp.ones((1, 1), jnp.int32)
+  return jax.eval_shape(lambda: Decoder(config).init(jax.random.key(0), ones, ones)['params'])
+
+
 def count_params(config: DecoderConfig) -> dict[str, int]:
-  """Parameter counts from jax.eval_shape (allocates nothing)."""
-  shapes = jax.eval_shape(
-      lambda: Decoder(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32),
-                                   jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1, 1), bool)))
-  total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
-  embedding = config.vocab_size * config.width * (1 if config.tie_embeddings else 2)
+  """Parameter counts from `abstract_params`.
+
+  Returns:
+    {'params': total, 'embedding_params': the embedding table plus a separate LM head if any,
+     'non_embedding_params': the rest (the Kaplan et al. scaling-law N)}.
+  """
+  shapes = abstract_params(config)
+  size = lambda x: int(np.prod(x.shape))
+  total = sum(size(x) for x in jax.tree.leaves(shapes))
+  embedding = size(shapes['embed_tokens']['embedding'])
+  if not config.tie_embeddings:
+    embedding += size(shapes['lm_head']['kernel'])
   return {'params': total, 'embedding_params': embedding, 'non_embedding_params': total - embedding}
 
 
-def flops_per_token(config: DecoderConfig, context: int) -> dict[str, int]:
-  """Forward matmul FLOPs per token (2 per multiply-add) with `context` keys per query.
+def flops_per_token(config: DecoderConfig, seq_len: int) -> dict[str, int]:
+  """Matmul FLOPs per token (2 per multiply-add) for sequences of `seq_len` tokens.
 
-  forward = 2 * (attention + MLP weights + LM head) + 2 * 2 * layers * context * heads * d
-  (scores and weighted sum); training ~= 3 x forward (backward costs twice the forward).
+  forward = 2 * (depth * (width * head_dim * (2 * heads + 2 * kv_heads)   # q, k, v, o
+                          + 3 * width * mlp_dim)                           # gate, up, down
+                 + width * vocab)                                          # LM head
+            + 2 * 2 * depth * seq_len * heads * head_dim   # scores q.k and probs.v
+  The attention term counts all seq_len keys per query, as this dense implementation computes
+  them (a causal mask does not skip work), like PaLM's appendix-B formula. Norms, RoPE,
+  softmax and the embedding lookup are ignored. Training ~= 3 x forward (the backward pass
+  costs twice the forward).
+
+  Returns:
+    {'forward_flops_per_token', 'train_flops_per_token'}.
   """
   c = config
   attn = c.width * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
   mlp = 3 * c.width * c.mlp_dim
   forward = 2 * (c.depth * (attn + mlp) + c.width * c.vocab_size)
-  forward += 4 * c.depth * context * c.num_heads * c.head_dim
+  forward += 4 * c.depth * seq_len * c.num_heads * c.head_dim
   return {'forward_flops_per_token': forward, 'train_flops_per_token': 3 * forward}
 
 
-def params_from_hf(state_dict: dict[str, Any], config: DecoderConfig) -> dict:
-  """HF Qwen2/Llama tensors (names like 'model.layers.0.self_attn.q_proj.weight') -> params."""
-  get = lambda name: np.asarray(state_dict[name], np.float32)
-  params = {'embed_tokens': {'embedding': get('model.embed_tokens.weight')},
-            'norm': {'weight': get('model.norm.weight')}}
+def _hf_layout(config: DecoderConfig) -> list[tuple[str, tuple[str, ...], bool]]:
+  """(HF tensor name, parameter path, transposed?) for every parameter of the config.
+
+  HF Linear weights are `[out, in]`; linen Dense kernels are `[in, out]`.
+  """
+  layout = [('model.embed_tokens.weight', ('embed_tokens', 'embedding'), False),
+            ('model.norm.weight', ('norm', 'weight'), False)]
   for i in range(config.depth):
-    pre = f'model.layers.{i}.'
-    attn = {}
+    hf, ours = f'model.layers.{i}.', f'layers_{i}'
     for proj in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
-      attn[proj] = {'kernel': get(f'{pre}self_attn.{proj}.weight').T}
+      layout.append((f'{hf}self_attn.{proj}.weight', (ours, 'self_attn', proj, 'kernel'), True))
       if config.qkv_bias and proj != 'o_proj':
-        attn[proj]['bias'] = get(f'{pre}self_attn.{proj}.bias')
-    params[f'layers_{i}'] = {
-        'self_attn': attn,
-        'mlp': {p: {'kernel': get(f'{pre}mlp.{p}.weight').T}
-                for p in ('gate_proj', 'up_proj', 'down_proj')},
-        'input_layernorm': {'weight': get(f'{pre}input_layernorm.weight')},
-        'post_attention_layernorm': {'weight': get(f'{pre}post_attention_layernorm.weight')},
-    }
+        layout.append((f'{hf}self_attn.{proj}.bias', (ours, 'self_attn', proj, 'bias'), False))
+    for proj in ('gate_proj', 'up_proj', 'down_proj'):
+      layout.append((f'{hf}mlp.{proj}.weight', (ours, 'mlp', proj, 'kernel'), True))
+    for norm in ('input_layernorm', 'post_attention_layernorm'):
+      layout.append((f'{hf}{norm}.weight', (ours, norm, 'weight'), False))
   if not config.tie_embeddings:
-    params['lm_head'] = {'kernel': get('lm_head.weight').T}
+    layout.append(('lm_head.weight', ('lm_head', 'kernel'), True))
+  return layout
+
+
+def _lookup(tree: Params, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def params_from_hf_state_dict(state_dict: dict[str, Any], config: DecoderConfig) -> Params:
+  """HF Qwen2/Llama `Qwen2ForCausalLM` tensors -> decoder params (float32 numpy).
+
+  Args:
+    state_dict: tensor name (e.g. 'model.layers.0.self_attn.q_proj.weight') -> array-like
+      (numpy, including ml_dtypes bfloat16). RoPE `inv_freq` buffers are ignored; with tied
+      embeddings an 'lm_head.weight' equal to the embedding is accepted and dropped.
+    config: the config the checkpoint was made for.
+  Returns:
+    The parameter tree of `Decoder(config)`.
+  Raises:
+    ValueError: a tensor is missing, has the wrong shape, or is not part of the config.
+  """
+  shapes = abstract_params(config)
+  params: Params = {}
+  for name, path, transpose in _hf_layout(config):
+    if name not in state_dict:
+      raise ValueError(f'HF state dict has no tensor {name!r}')
+    value = np.asarray(state_dict[name], np.float32)
+    if transpose:
+      value = value.T
+    expected = _lookup(shapes, path).shape
+    if value.shape != expected:
+      raise ValueError(f'HF tensor {name!r} has shape {value.shape} (after transposing: '
+                       f'{transpose}), expected {expected} for this config')
+    node = params
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  known = {name for name, _, _ in _hf_layout(config)}
+  for name in state_dict:
+    if name in known or name.endswith('rotary_emb.inv_freq'):
+      continue
+    if (name == 'lm_head.weight' and config.tie_embeddings and np.array_equal(
+        np.asarray(state_dict[name], np.float32), params['embed_tokens']['embedding'])):
+      continue
+    raise ValueError(f'HF tensor {name!r} has no place in this config (untied lm_head, '
+                     'qkv_bias or depth mismatch?)')
   return params
 
 
-def params_to_hf(params: dict, config: DecoderConfig) -> dict[str, np.ndarray]:
-  """Inverse of `params_from_hf`."""
-  out = {'model.embed_tokens.weight': params['embed_tokens']['embedding'],
-         'model.norm.weight': params['norm']['weight']}
-  for i in range(config.depth):
-    pre, layer = f'model.layers.{i}.', params[f'layers_{i}']
-    for proj, p in layer['self_attn'].items():
-      out[f'{pre}self_attn.{proj}.weight'] = p['kernel'].T
-      if 'bias' in p:
-        out[f'{pre}self_attn.{proj}.bias'] = p['bias']
-    for proj, p in layer['mlp'].items():
-      out[f'{pre}mlp.{proj}.weight'] = p['kernel'].T
-    out[f'{pre}input_layernorm.weight'] = layer['input_layernorm']['weight']
-    out[f'{pre}post_attention_layernorm.weight'] = layer['post_attention_layernorm']['weight']
-  if not config.tie_embeddings:
-    out['lm_head.weight'] = params['lm_head']['kernel'].T
-  return {k: np.asarray(v) for k, v in out.items()}
+def params_to_hf_state_dict(params: Params, config: DecoderConfig) -> dict[str, np.ndarray]:
+  """Inverse of `params_from_hf_state_dict`: HF tensor name -> numpy array (`[out, in]`)."""
+  out = {}
+  for name, path, transpose in _hf_layout(config):
+    value = np.asarray(_lookup(params, path))
+    out[name] = value.T if transpose else value
+  return out

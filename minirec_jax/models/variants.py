@@ -2,6 +2,8 @@
 
 Widths grow by ~1.5x per step; head_dim is 64 from S up (32 for tiny); GQA with 2 KV heads
 up to L; MLP width ~ 8/3 x width rounded to 64 (SwiGLU keeps the parameter count of a 4x MLP).
+`width=`/`depth=` overrides rescale any of them (see `decoder_config`). The 'qwen2.5-*'
+entries are the published Qwen2.5 shapes (HF config.json), for loading those checkpoints.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 from minirec_jax.models.decoder import DecoderConfig
+
+_QWEN2 = dict(rope_theta=1e6, rms_eps=1e-6, qkv_bias=True, tie_embeddings=True, max_len=32768)
 
 VARIANTS = {
     #            width depth heads kv  mlp
@@ -18,26 +22,40 @@ VARIANTS = {
     'M': dict(width=384, depth=4, num_heads=6, num_kv_heads=2, mlp_dim=1024),
     'L': dict(width=512, depth=6, num_heads=8, num_kv_heads=2, mlp_dim=1408),
     'XL': dict(width=768, depth=8, num_heads=12, num_kv_heads=4, mlp_dim=2048),
-    # The real Qwen2.5 shapes (vocab given separately), for loading pretrained checkpoints.
-    'qwen2.5-0.5b': dict(width=896, depth=24, num_heads=14, num_kv_heads=2, mlp_dim=4864),
-    'qwen2.5-1.5b': dict(width=1536, depth=28, num_heads=12, num_kv_heads=2, mlp_dim=8960),
+    'XXL': dict(width=1024, depth=8, num_heads=16, num_kv_heads=4, mlp_dim=2752),
+    # Qwen2.5 (vocab 151,936 in the checkpoints; passed separately like every variant).
+    'qwen2.5-0.5b': dict(width=896, depth=24, num_heads=14, num_kv_heads=2, mlp_dim=4864,
+                         **_QWEN2),
+    'qwen2.5-1.5b': dict(width=1536, depth=28, num_heads=12, num_kv_heads=2, mlp_dim=8960,
+                         **_QWEN2),
 }
+
+QWEN2_5_VOCAB = 151_936
 
 
 def decoder_config(variant: str, vocab_size: int, **overrides) -> DecoderConfig:
-  """The variant's config; `width=`/`depth=` etc. override it (width keeps head_dim 64)."""
+  """The variant's config with `overrides` (any DecoderConfig field) applied.
+
+  Overriding `width` without `num_heads` keeps the variant's head_dim: heads become
+  width // head_dim, KV heads stay if they still divide them (else 1), and mlp_dim becomes
+  ~8/3 x width (rounded to 64) unless given.
+
+  Raises:
+    ValueError: unknown variant or field, or an inconsistent result.
+  """
   if variant not in VARIANTS:
     raise ValueError(f'unknown model variant {variant!r}; choose one of {sorted(VARIANTS)}')
   fields = dict(VARIANTS[variant])
+  overrides = dict(overrides)
   if 'width' in overrides and 'num_heads' not in overrides:
     head_dim = fields['width'] // fields['num_heads']
     overrides['num_heads'] = max(1, overrides['width'] // head_dim)
-    kv = fields['num_kv_heads']
+    kv = overrides.get('num_kv_heads', fields['num_kv_heads'])
     overrides['num_kv_heads'] = kv if overrides['num_heads'] % kv == 0 else 1
     overrides.setdefault('mlp_dim', max(64, round(overrides['width'] * 8 / 3 / 64) * 64))
   fields.update(overrides)
-  known = {f.name for f in dataclasses.fields(DecoderConfig)}
+  known = {f.name for f in dataclasses.fields(DecoderConfig)} - {'vocab_size'}
   unknown = set(fields) - known
   if unknown:
-    raise ValueError(f'unknown decoder fields {sorted(unknown)}')
+    raise ValueError(f'unknown decoder fields {sorted(unknown)}; known: {sorted(known)}')
   return DecoderConfig(vocab_size=vocab_size, **fields)
