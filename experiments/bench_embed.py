@@ -18,13 +18,14 @@ from absl import flags
 import jax
 import numpy as np
 
+from minirec_jax import config_utils
 from minirec_jax import io_utils
 from minirec_jax.data.official import reader
 from minirec_jax.semantic_ids import embeddings
 from minirec_jax.semantic_ids import item_text
 from minirec_jax.semantic_ids import text_encoder
 
-_ROOT = flags.DEFINE_string('root', '/work/shared/data/amazon18', 'Official data folder.')
+_ROOT = flags.DEFINE_string('root', config_utils.OFFICIAL_ROOT, 'Official data folder.')
 _CATEGORY = flags.DEFINE_string('category', 'Industrial_and_Scientific', 'Dataset category.')
 _LIMIT = flags.DEFINE_integer('limit', None, 'Embed only the first N items (smoke runs).')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Rows per encoder call.')
