@@ -1,0 +1,35 @@
+"""Semantic-ID stage: `--config configs/tokenizer.py:dataset=industrial,method=rqvae`.
+
+Arguments: dataset (configs/dataset.py name), method ('rqvae' | 'rqkmeans'), preset (RQ-VAE
+'fast' | 'official'), collisions ('sinkhorn' | 'extra_code'), tiny (seconds-long smoke run).
+"""
+
+import ml_collections
+
+from minirec_jax.config_utils import data_config, parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg, dataset='industrial', method='rqvae', preset='fast',
+                   collisions='sinkhorn', tiny=False)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = data_config(args['dataset'])
+  config.embeddings = ml_collections.ConfigDict(
+      {'source': 'minilm', 'path': '', 'cache_dir': ''})  # source: 'minilm' | 'npy'
+  config.method = args['method']
+  config.num_levels = 3
+  config.codebook_size = 256
+  config.collisions = args['collisions']
+  config.rqvae = ml_collections.ConfigDict()
+  config.rqvae.preset = args['preset']
+  # Any field of minirec_jax.semantic_ids.rqvae.rqvae_config, e.g. {'epochs': 300}.
+  config.rqvae.overrides = ml_collections.ConfigDict({'num_levels': 3, 'codebook_size': 256})
+  config.rqkmeans = ml_collections.ConfigDict({'balanced': False})
+  if args['tiny']:
+    config.codebook_size = 16
+    config.rqvae.overrides = ml_collections.ConfigDict(
+        {'num_levels': 3, 'codebook_size': 16, 'epochs': 20, 'eval_every': 10,
+         'warmup_epochs': 2, 'ae_warmup_epochs': 5, 'reseed_every': 5, 'reseed_until': 15,
+         'hidden_dims': (64, 32)})
+  return config

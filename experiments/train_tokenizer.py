@@ -1,0 +1,27 @@
+"""Semantic IDs for a dataset's items: embeddings -> RQ-VAE / RQ-KMeans -> collision-free SIDs.
+
+  python experiments/train_tokenizer.py --config configs/tokenizer.py:dataset=industrial \
+      --workdir workdirs/tok_industrial
+Then train with them: train_sft.py ... --config.sids.source=tokenizer
+--config.sids.path=workdirs/tok_industrial
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from minirec_jax.semantic_ids import report as report_lib
+from minirec_jax.semantic_ids import stage
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Tokenizer config.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  print(report_lib.report_markdown(stage.run(_CONFIG.value, _WORKDIR.value)))
+
+
+if __name__ == '__main__':
+  app.run(main)

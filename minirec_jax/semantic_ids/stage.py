@@ -1,0 +1,103 @@
+"""The semantic-ID stage: item embeddings -> RQ-VAE or RQ-KMeans codes -> collision-free SIDs.
+
+Writes to a workdir: `sids.npz` (the item -> SID table read by `catalogue.load_sids`),
+`trie.npz`, `report.json` / `report.md` (collisions before/after, per-level utilisation and
+entropy, reconstruction error, timings), the tokenizer's parameters (`tokenizer_params.npz`)
+and `config.json`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from minirec_jax import io_utils
+from minirec_jax.data import loading
+from minirec_jax.semantic_ids import catalogue
+from minirec_jax.semantic_ids import collisions
+from minirec_jax.semantic_ids import embeddings as embeddings_lib
+from minirec_jax.semantic_ids import report as report_lib
+from minirec_jax.semantic_ids import rqkmeans
+from minirec_jax.semantic_ids import rqvae
+from minirec_jax.semantic_ids import trie as trie_lib
+
+
+def item_vectors(config: ml_collections.ConfigDict, dataset: loading.Dataset) -> np.ndarray:
+  """MiniLM embeddings of the item texts (cached), or a user-supplied .npy."""
+  if config.embeddings.source == 'npy':
+    return embeddings_lib.load_user_embeddings(config.embeddings.path, dataset.num_items)
+  if config.embeddings.source != 'minilm':
+    raise ValueError(f"embeddings.source must be 'minilm' or 'npy', got "
+                     f'{config.embeddings.source!r}')
+  cache = config.embeddings.cache_dir or os.path.join(
+      os.environ.get('MINIREC_CACHE', os.path.join(os.getcwd(), '.cache')), 'embeddings')
+  return embeddings_lib.item_embeddings(dataset.items, dataset.name, cache)
+
+
+def fit_codes(config, x: np.ndarray, key) -> tuple[np.ndarray, np.ndarray, np.ndarray, float,
+                                                   dict]:
+  """(plain codes [n, L], last-level residuals [n, e], last codebook [K, e], recon MSE, params)."""
+  if config.method == 'rqvae':
+    rq_config = rqvae.rqvae_config(config.rqvae.preset)
+    rq_config.update({k: v for k, v in config.rqvae.overrides.items()})
+    params, history = rqvae.train_rqvae(
+        x, rq_config, key, log_fn=lambda row: logging.info('rq-vae %s', row))
+    codes = np.asarray(rqvae.encode(params, x))
+    residuals = np.asarray(rqvae.last_level_residuals(params, x))
+    last_book = np.asarray(params['codebooks'][-1])
+    recon = float(rqvae.reconstruction_error(params, x))
+    return codes, residuals, last_book, recon, {'params': params, 'history': history}
+  if config.method == 'rqkmeans':
+    result = rqkmeans.residual_kmeans(x, config.num_levels, config.codebook_size, key,
+                                      balanced=config.rqkmeans.balanced)
+    codes = np.asarray(result.codes)
+    residuals = np.asarray(rqkmeans.last_level_residuals(result.codebooks, x, result.codes))
+    return (codes, residuals, np.asarray(result.codebooks[-1]), float(result.recon_error),
+            {'params': {'codebooks': result.codebooks}, 'history': []})
+  raise ValueError(f"method must be 'rqvae' or 'rqkmeans', got {config.method!r}")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the stage into `workdir`; returns the report."""
+  os.makedirs(workdir, exist_ok=True)
+  io_utils.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+  dataset = loading.load(config.data)
+  t0 = time.perf_counter()
+  x = item_vectors(config, dataset)
+  t1 = time.perf_counter()
+  plain, residuals, last_book, recon, fitted = fit_codes(config, x, jax.random.key(config.seed))
+  t2 = time.perf_counter()
+  k = config.codebook_size
+  if config.collisions == 'sinkhorn':
+    resolution = collisions.resolve_sinkhorn(plain, residuals, last_book)
+    codes = resolution.codes
+    extra = {'sinkhorn_rounds': resolution.sinkhorn_rounds,
+             'fallback_moves': resolution.fallback_moves,
+             'extra_level_appended': resolution.appended}
+  elif config.collisions == 'extra_code':
+    codes = collisions.append_rank(plain, k) if collisions.collision_groups(plain) else plain
+    extra = {'extra_level_appended': codes.shape[1] > plain.shape[1]}
+  else:
+    raise ValueError(f"collisions must be 'sinkhorn' or 'extra_code', got {config.collisions!r}")
+  report = report_lib.tokenizer_report(plain, codes, k, recon_error=recon)
+  report.update(extra)
+  report['timing_s'] = {'embeddings': t1 - t0, 'fit': t2 - t1,
+                        'collisions': time.perf_counter() - t2}
+  report['method'] = config.method
+  table = catalogue.SidCatalogue.from_codes(codes, k)
+  catalogue.save(os.path.join(workdir, catalogue.SIDS_FILE), table)
+  trie_lib.save(os.path.join(workdir, 'trie.npz'), trie_lib.build_trie(codes, k))
+  flat = {'/'.join(str(getattr(p, 'key', p)) for p in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(fitted['params'])[0]}
+  with io_utils.atomic_path(os.path.join(workdir, 'tokenizer_params.npz')) as tmp:
+    with open(tmp, 'wb') as f:
+      np.savez(f, **flat)
+  io_utils.write_json(os.path.join(workdir, 'report.json'),
+                      {**report, 'history': fitted['history']})
+  io_utils.write_text(os.path.join(workdir, 'report.md'), report_lib.report_markdown(report) + '\n')
+  return report
