@@ -8,7 +8,7 @@ k3 KL with beta 1e-3, unbiased group std + 1e-4, one update per rollout, lr 1e-5
 
 import ml_collections
 
-from minirec_jax.config_utils import parse_arg
+from minirec_jax.config_utils import optimizer_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,16 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.prompts_per_step = 64
   config.train.eval_every_steps = 50
 
-  config.optim = ml_collections.ConfigDict()
-  config.optim.lr = 1e-5
-  config.optim.warmup_steps = 6
-  config.optim.decay = 'cosine'
-  config.optim.final_fraction = 0.0
-  config.optim.weight_decay = 0.0
-  config.optim.b1 = 0.9
-  config.optim.b2 = 0.999
-  config.optim.eps = 1e-8
-  config.optim.clip_norm = 0.3
+  config.optim = optimizer_config(lr=1e-5, warmup_steps=6, clip_norm=0.3)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.beam_size = 50

@@ -7,7 +7,7 @@ minirec_jax/models/variants.py), sids ('official' = the dataset's own index.json
 
 import ml_collections
 
-from minirec_jax.config_utils import data_config, parse_arg
+from minirec_jax.config_utils import data_config, optimizer_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,16 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.data_fraction = 1.0       # < 1: train on the first fraction of train rows
   config.train.eval_every_steps = 0      # 0: once per epoch
 
-  config.optim = ml_collections.ConfigDict()
-  config.optim.lr = 1e-3
-  config.optim.warmup_steps = 100
-  config.optim.decay = 'cosine'
-  config.optim.final_fraction = 0.1
-  config.optim.weight_decay = 0.01
-  config.optim.b1 = 0.9
-  config.optim.b2 = 0.98
-  config.optim.eps = 1e-8
-  config.optim.clip_norm = 1.0
+  config.optim = optimizer_config(lr=1e-3, warmup_steps=100, final_fraction=0.1,
+                                  weight_decay=0.01, b2=0.98, clip_norm=1.0)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.split = 'valid'

@@ -74,3 +74,13 @@ def data_config(name: str) -> ml_collections.ConfigDict:
     raise ValueError(f'unknown dataset config {name!r}; choose one of {sorted(presets)}')
   base.update(presets[name])
   return ml_collections.ConfigDict(base)
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+  """The `optim` section (AdamW, warmup + decay, clipping; see training/optim.from_config)."""
+  fields = dict(lr=1e-3, warmup_steps=0, decay='cosine', final_fraction=0.0, weight_decay=0.0,
+                b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0)
+  unknown = set(overrides) - set(fields)
+  if unknown:
+    raise ValueError(f'unknown optimizer fields {sorted(unknown)}')
+  return ml_collections.ConfigDict({**fields, **overrides})

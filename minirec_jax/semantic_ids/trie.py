@@ -24,7 +24,6 @@ only ever return representatives; to compare a prediction with a target, compare
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -36,6 +35,7 @@ import numpy as np
 
 from minirec_jax import io_utils
 from minirec_jax.data.errors import DataError, require_file
+from minirec_jax.data.official import reader
 
 DEDUPE_MODES = ('error', 'first')
 _SID_TOKEN = re.compile(r'<([a-z])_([0-9]+)>')
@@ -218,13 +218,8 @@ def read_index_json(path: str | os.PathLike,
     (codes int32 `[N, L]`, K). Duplicate SIDs are allowed here; `build_trie` decides on them.
   """
   path = require_file(path, 'SID index.json')
-  with open(path, encoding='utf-8') as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as exc:
-      raise DataError(f'invalid JSON: {exc.msg} (column {exc.colno})', path=path,
-                      line=exc.lineno) from None
-  if not isinstance(data, dict) or not data:
+  data = reader.load_json_object(path)
+  if not data:
     raise DataError('expected a non-empty JSON object keyed by item id', path=path)
   rows = {}
   for key, tokens in data.items():

@@ -64,7 +64,8 @@ def _find_info_txt(root: str, category: str) -> str | None:
   return matches[0] if matches else None
 
 
-def _load_json_object(path: str) -> dict:
+def load_json_object(path: str) -> dict:
+  """A JSON object file (e.g. item.json, index.json); errors name the file and line."""
   with open(path, encoding='utf-8') as f:
     try:
       data = json.load(f)
@@ -106,7 +107,7 @@ def read_item_table(root: str, category: str) -> ItemTable:
   info_txt = _find_info_txt(root, category)
   info = _read_info_txt(info_txt) if info_txt else None
   if os.path.isfile(item_json):
-    data = _load_json_object(item_json)
+    data = load_json_object(item_json)
     ids = _item_ids_in_order(data, item_json)
     titles, descriptions, brands, categories = [], [], [], []
     for key in ids:
@@ -146,7 +147,7 @@ def read_item_table(root: str, category: str) -> ItemTable:
 
 
 def _read_index_json(path: str, num_items: int) -> list[str]:
-  data = _load_json_object(path)
+  data = load_json_object(path)
   ids = _item_ids_in_order(data, path)
   if len(ids) != num_items:
     raise DataError(f'index.json has {len(ids)} items but the catalogue has {num_items}',
