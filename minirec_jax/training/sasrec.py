@@ -1,0 +1,538 @@
+"""Training and evaluating SASRec and the classic baselines (most-popular, BPR-MF).
+
+Everything a run needs is selected by `config.model.variant` (configs/sasrec.py):
+
+  variant   model                              loss (config.train.loss)
+  official  SASRec as MiniOneRec trains it     'bce': target vs one uniform negative
+  recbole   SASRec with RecBole's defaults     'ce': softmax over every item
+  bpr       BPR matrix factorisation           'bpr': -log sigmoid(target - negative)
+  pop       most popular training targets      (no training)
+
+The step factory returns an un-jitted pure `step(state, batch, rng) -> (state, metrics)`; the
+host loop jits it with `parallel.jit_data_parallel`, trains epoch by epoch, evaluates on valid
+by full ranking over all items (history items are NOT masked, as in the official evaluation and
+RecBole's sequential models), keeps the best checkpoint by `config.eval.select_by`, stops early
+after more than `config.train.patience` evaluations without improvement, and finally evaluates
+the best parameters on valid and test (metrics at `config.eval.ks`, top-`config.eval.top_k`
+predictions file for test, results.json).
+
+Batches (from `pipeline.array_batches` over in-memory split arrays): history int32 [B, H]
+(-1 after history_len), history_len [B], target [B], user [B] (train-user index or -1),
+valid bool [B] (False on rows padding the last batch; they get zero loss weight).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+from absl import logging
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from minirec_jax import checkpointing
+from minirec_jax import io_utils
+from minirec_jax import metric_logging
+from minirec_jax.data import loading
+from minirec_jax.data import pipeline
+from minirec_jax.evaluation import predictions as predictions_lib
+from minirec_jax.evaluation import ranking
+from minirec_jax.models import baselines
+from minirec_jax.models import sasrec as sasrec_lib
+from minirec_jax.training import parallel
+from minirec_jax.training.sft import TrainState
+
+SASREC_VARIANTS = tuple(sasrec_lib.PRESETS)
+VARIANTS = SASREC_VARIANTS + ('bpr', 'pop')
+LOSSES = ('bce', 'ce', 'bpr')
+_COLUMNS = ('history', 'history_len', 'target', 'user')
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: whole splits as padded numpy arrays (they are small; batches are then cheap slices).
+
+
+@dataclasses.dataclass
+class SplitArrays:
+  """One split as arrays: history [n, H] (-1 padded), history_len, target, user [n]."""
+
+  history: np.ndarray
+  history_len: np.ndarray
+  target: np.ndarray
+  user: np.ndarray
+  user_ids: list[str]
+
+  def __len__(self) -> int:
+    return len(self.target)
+
+  def columns(self, with_index: bool = False) -> dict[str, np.ndarray]:
+    out = {name: getattr(self, name) for name in _COLUMNS}
+    if with_index:
+      out['index'] = np.arange(len(self), dtype=np.int32)
+    return out
+
+
+def read_split(source, max_history: int) -> SplitArrays:
+  """Reads every row of a split; histories keep their last `max_history` items; user = -1."""
+  examples = source.__getitems__(list(range(len(source))))
+  n = len(examples)
+  history = np.full((n, max_history), pipeline.PAD_ITEM, np.int32)
+  lengths = np.zeros((n,), np.int32)
+  for row, example in enumerate(examples):
+    items = np.asarray(example['history'], np.int32)[-max_history:]
+    history[row, :len(items)] = items
+    lengths[row] = len(items)
+  return SplitArrays(
+      history=history, history_len=lengths,
+      target=np.asarray([e['target'] for e in examples], np.int32).reshape(n),
+      user=np.full((n,), -1, np.int32), user_ids=[e['user_id'].decode() for e in examples])
+
+
+def index_users(splits: dict[str, SplitArrays]) -> int:
+  """Sets `user` of every split to contiguous ids of the TRAIN users (first-seen order; -1 for
+  users without training rows); returns the number of train users."""
+  index: dict[str, int] = {}
+  for user in splits['train'].user_ids:
+    index.setdefault(user, len(index))
+  for arrays in splits.values():
+    arrays.user = np.asarray([index.get(u, -1) for u in arrays.user_ids], np.int32)
+  return len(index)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models behind one interface.
+
+
+class Ranker(NamedTuple):
+  """A scoring model: `init(rng) -> params`; `logits(params, batch, candidates, rng)`.
+
+  `logits` returns `[b, c]` scores of `candidates` `[b, c]`, or `[b, num_items]` when
+  candidates is None; `rng` is the dropout key (None: deterministic, i.e. evaluation).
+  `pack(batch, row_multiple, min_rows)` (host) rewrites a training batch into the model's
+  packed form, or is None when the model reads the batch as it is.
+  """
+
+  init: Callable[[jax.Array], Any]
+  logits: Callable[..., jax.Array]
+  description: dict
+  pack: Callable[[dict, int, int], dict] | None = None
+
+
+def sasrec_config(config: ml_collections.ConfigDict, num_items: int) -> sasrec_lib.SASRecConfig:
+  m = config.model
+  return sasrec_lib.SASRecConfig(
+      num_items=num_items, max_len=config.data.max_history, architecture=m.architecture,
+      hidden=m.hidden, num_blocks=m.num_blocks, num_heads=m.num_heads, inner=m.inner,
+      dropout=m.dropout, attn_dropout=m.attn_dropout, layer_norm_eps=m.layer_norm_eps,
+      activation=m.activation, dropout_rng=m.dropout_rng)
+
+
+def _packed_batch(batch: dict, row_multiple: int, min_rows: int) -> dict:
+  packed = sasrec_lib.pack(batch['history'], batch['history_len'], batch['valid'],
+                           row_multiple, min_rows)
+  return {**packed._asdict(), 'target': batch['target'], 'valid': batch['valid']}
+
+
+class BatchPacker:
+  """Packs training batches on the host with a row count that never shrinks.
+
+  Each new row count compiles the step again, so the count only grows (to the largest seen,
+  rounded to `row_multiple`); `warm_up` sets it from a pass over batches before training.
+  """
+
+  def __init__(self, pack: Callable[[dict, int, int], dict], row_multiple: int):
+    self._pack = pack
+    self.row_multiple = row_multiple
+    self.rows = 0
+
+  def __call__(self, batch: dict) -> dict:
+    packed = self._pack(batch, self.row_multiple, self.rows)
+    self.rows = len(packed['tokens'])
+    return packed
+
+  def warm_up(self, batches) -> None:
+    for batch in batches:
+      self(batch)
+
+
+def sasrec_ranker(model_config: sasrec_lib.SASRecConfig, *, pack: bool = True) -> Ranker:
+  """SASRec; with `pack`, training batches are packed (exactly the same per-sample math)."""
+  model = sasrec_lib.SASRec(model_config)
+  fields = sasrec_lib.Packed._fields
+
+  def logits(params, batch, candidates, rng):
+    if 'tokens' in batch:
+      packed = sasrec_lib.Packed(*(batch[f] for f in fields))
+    else:
+      packed = sasrec_lib.one_per_row(batch['history'], batch['history_len'])
+    return model.apply({'params': params}, packed, candidates, deterministic=rng is None,
+                       rngs={} if rng is None else {'dropout': rng})
+
+  return Ranker(lambda rng: sasrec_lib.init_params(model_config, rng), logits,
+                {'kind': 'sasrec', **dataclasses.asdict(model_config),
+                 'num_params': sasrec_lib.count_params(model_config)},
+                _packed_batch if pack else None)
+
+
+def bpr_ranker(model_config: baselines.BPRConfig, max_history: int) -> Ranker:
+  model = baselines.BPRMF(model_config)
+
+  def logits(params, batch, candidates, rng):
+    del rng  # no dropout
+    args = (batch['history'], batch['history_len'], batch['user'])
+    if candidates is None:
+      return model.apply({'params': params}, *args, method=baselines.BPRMF.all_logits)
+    return model.apply({'params': params}, *args, candidates)
+
+  init = lambda rng: baselines.init_bpr_params(model_config, rng, max_history)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      jax.eval_shape(init, jax.random.key(0))))
+  return Ranker(init, logits, {'kind': 'bpr', **dataclasses.asdict(model_config),
+                               'num_params': num_params})
+
+
+def pop_ranker(train_targets: np.ndarray, num_items: int) -> Ranker:
+  counts = baselines.popularity_counts(train_targets, num_items)
+
+  def logits(params, batch, candidates, rng):
+    del rng
+    scores = baselines.popularity_scores(params['counts'], batch['history'].shape[0])
+    return scores if candidates is None else jnp.take_along_axis(scores, candidates, axis=1)
+
+  return Ranker(lambda rng: {'counts': jnp.asarray(counts)}, logits,
+                {'kind': 'pop', 'num_items': num_items, 'num_params': 0})
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses, negatives, steps.
+
+
+def sample_negatives(rng: jax.Array, targets: jax.Array, num_items: int) -> jax.Array:
+  """int32 `[b]`: for each row an item drawn uniformly from all items except its target."""
+  chex.assert_rank(targets, 1)
+  draw = jax.random.randint(rng, targets.shape, 0, max(num_items - 1, 1), jnp.int32)
+  return jnp.where(draw >= targets, draw + 1, draw) if num_items > 1 else draw
+
+
+def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def bce_one_negative_loss(logits: jax.Array, weights: jax.Array) -> jax.Array:
+  """`[b, 2]` (target, negative) logits -> mean BCE over the 2 * b entries (official loss)."""
+  chex.assert_shape(logits, (weights.shape[0], 2))
+  labels = jnp.broadcast_to(jnp.asarray([1.0, 0.0], logits.dtype), logits.shape)
+  per_row = optax.sigmoid_binary_cross_entropy(logits, labels).mean(axis=1)
+  return _weighted_mean(per_row, weights)
+
+
+def softmax_ce_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+  """`[b, num_items]` logits, `[b]` targets -> mean cross-entropy (RecBole's CE loss)."""
+  chex.assert_rank(logits, 2)
+  chex.assert_equal_shape([targets, weights])
+  per_row = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  return _weighted_mean(per_row, weights)
+
+
+def bpr_loss(logits: jax.Array, weights: jax.Array) -> jax.Array:
+  """`[b, 2]` (positive, negative) scores -> mean of -log sigmoid(pos - neg)."""
+  chex.assert_shape(logits, (weights.shape[0], 2))
+  return _weighted_mean(-jax.nn.log_sigmoid(logits[:, 0] - logits[:, 1]), weights)
+
+
+def make_train_step(ranker: Ranker, loss: str, num_items: int) -> Callable:
+  """Returns `step(state, batch, rng) -> (state, metrics)`, pure and un-jitted.
+
+  `rng` is folded with the step number, then split for negatives and dropout.
+  """
+  if loss not in LOSSES:
+    raise ValueError(f'unknown loss {loss!r}; choose one of {LOSSES}')
+
+  def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    negative_rng, dropout_rng = jax.random.split(rng)
+    weights = batch['valid'].astype(jnp.float32)
+
+    def loss_fn(params):
+      if loss == 'ce':
+        logits = ranker.logits(params, batch, None, dropout_rng)
+        return softmax_ce_loss(logits, batch['target'], weights)
+      negatives = sample_negatives(negative_rng, batch['target'], num_items)
+      candidates = jnp.stack([batch['target'], negatives], axis=1)
+      logits = ranker.logits(params, batch, candidates, dropout_rng)
+      return bce_one_negative_loss(logits, weights) if loss == 'bce' else bpr_loss(logits,
+                                                                                     weights)
+
+    value, grads = jax.value_and_grad(loss_fn)(state.params)
+    new_state = state.apply_gradients(grads=grads)
+    return new_state, {'loss': value, 'grad_norm': optax.tree.norm(grads)}
+
+  return step
+
+
+def make_eval_fn(ranker: Ranker, k: int) -> Callable:
+  """Jitted full ranking `(params, batch) -> (items int32 [b, k], scores [b, k], BatchMetrics)`.
+
+  Items are the top k of all items, best first; the metrics use `batch['valid']`.
+  """
+
+  @jax.jit
+  def eval_fn(params, batch):
+    scores, items = jax.lax.top_k(ranker.logits(params, batch, None, None), k)
+    items = items.astype(jnp.int32)
+    # Only the exact counts (hits_at, count) are used; RankCounts gives every K from them.
+    metrics = ranking.batch_metrics_jnp(items, batch['target'], (1,), valid=batch['valid'])
+    return items, scores, metrics
+
+  return eval_fn
+
+
+def optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam; `l2` > 0 adds coupled L2 (torch Adam's weight_decay: grad += l2 * param)."""
+  adam = optax.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  return optax.chain(optax.add_decayed_weights(cfg.l2), adam) if cfg.l2 else adam
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: setup, epochs, evaluation, the loop.
+
+
+@dataclasses.dataclass
+class Setup:
+  dataset: loading.Dataset
+  splits: dict[str, SplitArrays]
+  ranker: Ranker
+  num_items: int
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  variant = config.model.variant
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown model.variant {variant!r}; choose one of {VARIANTS}')
+  dataset = loading.load(config.data)
+  splits = {name: read_split(dataset.split(name), config.data.max_history)
+            for name in ('train', 'valid', 'test')}
+  num_users = index_users(splits)
+  n = dataset.num_items
+  if variant in SASREC_VARIANTS:
+    ranker = sasrec_ranker(sasrec_config(config, n), pack=config.train.pack)
+  elif variant == 'bpr':
+    ranker = bpr_ranker(baselines.BPRConfig(num_items=n, num_users=num_users,
+                                            dim=config.model.dim,
+                                            user_repr=config.model.user_repr),
+                        config.data.max_history)
+  else:
+    ranker = pop_ranker(splits['train'].target, n)
+  return Setup(dataset, splits, ranker, n)
+
+
+def init_state(s: Setup, config: ml_collections.ConfigDict, mesh) -> TrainState:
+  """Params and optimizer state, created replicated on `mesh` (the step's state sharding, so
+  the first step does not compile a second time for a differently placed state)."""
+  tx = optimizer(config.optim)
+  create = lambda rng: TrainState.create(apply_fn=None, params=s.ranker.init(rng), tx=tx)
+  return jax.jit(create, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
+
+
+def _check_divisible(batch_size: int, mesh, what: str) -> None:
+  if batch_size % mesh.size:
+    raise ValueError(f'{what} {batch_size} is not divisible by the {mesh.size} devices')
+
+
+def epoch_batches(train: SplitArrays, *, batch_size: int, seed: int, epoch: int,
+                  max_steps: int = 0):
+  """The training batches of one epoch: shuffled by (seed, epoch), last one padded."""
+  batches = pipeline.array_batches(train.columns(), batch_size, seed=seed + epoch,
+                                   num_epochs=1, drop_remainder=False)
+  return itertools.islice(batches, max_steps or None)
+
+
+def make_packer(ranker: Ranker, config: ml_collections.ConfigDict, mesh) -> BatchPacker | None:
+  """The ranker's batch packer (row counts a multiple of the device count), or None."""
+  if ranker.pack is None:
+    return None
+  return BatchPacker(ranker.pack, math.lcm(config.train.pack_row_multiple, mesh.size))
+
+
+def train_epoch(step_fn: Callable, state: TrainState, train: SplitArrays, *, batch_size: int,
+                seed: int, epoch: int, mesh, rng: jax.Array, max_steps: int = 0,
+                packer: BatchPacker | None = None) -> tuple[TrainState, dict[str, float]]:
+  """One shuffled pass (order fixed by seed and epoch); returns mean loss and timings.
+
+  `packer` rewrites each batch on the host before it goes to the devices.
+  """
+  start = time.perf_counter()
+  losses = []
+  for batch in epoch_batches(train, batch_size=batch_size, seed=seed, epoch=epoch,
+                             max_steps=max_steps):
+    if packer is not None:
+      batch = packer(batch)
+    state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), rng)
+    losses.append(metrics['loss'])  # stays on device: no sync per step
+  losses = np.asarray(jax.device_get(losses))
+  seconds = time.perf_counter() - start
+  return state, {'loss': float(losses.mean()), 'steps': len(losses), 'epoch_seconds': seconds,
+                 'examples_per_s': len(losses) * batch_size / seconds}
+
+
+def evaluate(eval_fn: Callable, params, arrays: SplitArrays, *, batch_size: int,
+             ks, mesh, split: str = '', keep_predictions: bool = False):
+  """Full-ranking metrics of one split (exact counts); optionally prediction rows."""
+  totals, rows = ranking.RankCounts.zeros(), []
+  for batch in pipeline.array_batches(arrays.columns(with_index=True), batch_size,
+                                      drop_remainder=False):
+    index = batch.pop('index')
+    items, scores, metrics = eval_fn(params, parallel.shard_batch(batch, mesh))
+    totals = totals + ranking.RankCounts.from_batch(jax.device_get(metrics))
+    if keep_predictions:
+      items, scores = jax.device_get((items, scores))
+      for r in np.flatnonzero(batch['valid']):
+        i = int(index[r])
+        rows.append(predictions_lib.make_row(arrays.user_ids[i], arrays.target[i], items[r],
+                                             scores[r], sample_index=i, split=split))
+  metrics = totals.means(ks)
+  metrics['examples'] = len(arrays)
+  return metrics, rows
+
+
+def _model_name(config) -> str:
+  variant = config.model.variant
+  if variant == 'bpr':
+    return f'BPR-MF (user = {config.model.user_repr})'
+  return {'official': 'SASRec (official MiniOneRec config)',
+          'recbole': 'SASRec (RecBole defaults)', 'pop': 'Most popular'}[variant]
+
+
+def train_sasrec(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (unless variant == 'pop'), evaluates the best params; returns results.json."""
+  os.makedirs(workdir, exist_ok=True)
+  io_utils.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+  s = setup(config)
+  io_utils.write_json(os.path.join(workdir, 'model.json'), s.ranker.description)
+  mesh = parallel.make_mesh(config.mesh.num_devices or None)
+  _check_divisible(config.eval.batch_size, mesh, 'eval.batch_size')
+  top_k = min(config.eval.top_k, s.num_items)
+  reported = [f'{m}@{k}' for m in ranking.METRIC_NAMES
+              for k in ranking.usable_ks(config.eval.ks, top_k)]
+  if config.model.variant != 'pop' and config.eval.select_by not in reported:
+    raise ValueError(f'eval.select_by={config.eval.select_by!r} is not among the reported '
+                     f'metrics {reported}; adjust eval.ks, eval.top_k or eval.select_by')
+  eval_fn = make_eval_fn(s.ranker, top_k)
+  writer = metric_logging.MetricWriter(workdir, tensorboard=config.log.tensorboard,
+                                       enabled=jax.process_index() == 0)
+  logging.info('%s: %d params, %d items, train/valid/test rows %d/%d/%d', _model_name(config),
+               s.ranker.description['num_params'], s.num_items,
+               *(len(s.splits[n]) for n in ('train', 'valid', 'test')))
+  eval_kwargs = dict(batch_size=config.eval.batch_size, ks=config.eval.ks, mesh=mesh)
+
+  training = {}
+  if config.model.variant == 'pop':
+    params = s.ranker.init(None)
+  else:
+    params, training = _train(config, workdir, s, mesh, eval_fn, writer, eval_kwargs)
+
+  results = {'model': _model_name(config), 'variant': config.model.variant,
+             'num_params': s.ranker.description['num_params'], **training}
+  for split in ('valid', 'test'):
+    metrics, rows = evaluate(eval_fn, params, s.splits[split], split=split,
+                             keep_predictions=split == 'test', **eval_kwargs)
+    results[split] = metrics
+    if rows:
+      predictions_lib.write(os.path.join(workdir, f'predictions_{split}.jsonl'), rows)
+    print(f'--- {split} ({metrics["examples"]} samples, full ranking over {s.num_items} '
+          'items) ---')
+    print(ranking.full_table(metrics))
+  print(ranking.table1({f'minirec-jax {_model_name(config)}': results['test']}))
+  writer.write(training.get('steps', 0), results['test'], prefix='final_test/')
+  writer.close()
+  io_utils.write_json(os.path.join(workdir, 'results.json'), results)
+  return results
+
+
+def _train(config, workdir, s: Setup, mesh, eval_fn, writer, eval_kwargs):
+  """The epoch loop with early stopping; returns (best params, training summary)."""
+  batch_size = config.train.batch_size
+  _check_divisible(batch_size, mesh, 'train.batch_size')
+  state = init_state(s, config, mesh)
+  select_by = config.eval.select_by
+  ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.ckpt.keep,
+                                    best_metric=select_by, best_mode='max')
+  progress = {'epoch': 0, 'best': -1.0, 'best_epoch': -1, 'since_best': 0}
+  restored = ckpts.restore_latest(state)
+  if restored is not None:
+    state, progress, _ = restored
+    logging.info('resumed after epoch %d (step %d)', progress['epoch'], int(state.step))
+  step_fn = parallel.jit_data_parallel(
+      make_train_step(s.ranker, config.train.loss, s.num_items), mesh)
+  rng = jax.random.key(config.seed + 1)
+  packer = make_packer(s.ranker, config, mesh)
+  if packer is not None:
+    # The largest packed batch of the first epoch to train fixes the row count up front.
+    packer.warm_up(epoch_batches(s.splits['train'], batch_size=batch_size, seed=config.seed,
+                                 epoch=progress['epoch'],
+                                 max_steps=config.train.max_steps_per_epoch))
+  epoch_seconds = []
+  while (progress['epoch'] < config.train.epochs and
+         progress['since_best'] <= config.train.patience):
+    epoch = progress['epoch']
+    state, train_metrics = train_epoch(step_fn, state, s.splits['train'], batch_size=batch_size,
+                                       seed=config.seed, epoch=epoch, mesh=mesh, rng=rng,
+                                       max_steps=config.train.max_steps_per_epoch,
+                                       packer=packer)
+    metric_logging.check_finite(int(state.step), train_metrics)
+    epoch_seconds.append(train_metrics['epoch_seconds'])
+    step = int(state.step)
+    writer.write(step, {**train_metrics, 'epoch': epoch + 1}, prefix='train/')
+    progress['epoch'] = epoch + 1
+    if progress['epoch'] % config.train.eval_every_epochs and (
+        progress['epoch'] < config.train.epochs):
+      continue
+    valid, _ = evaluate(eval_fn, state.params, s.splits['valid'], **eval_kwargs)
+    writer.write(step, valid, prefix='valid/')
+    improved = valid[select_by] > progress['best']
+    if improved:
+      progress.update(best=valid[select_by], best_epoch=epoch + 1, since_best=0)
+    else:
+      progress['since_best'] += 1
+    logging.info('epoch %d: loss %.4f (%.1f s), valid %s %.4f (best %.4f @ epoch %d)',
+                 epoch + 1, train_metrics['loss'], train_metrics['epoch_seconds'], select_by,
+                 valid[select_by], progress['best'], progress['best_epoch'])
+    # `latest` every evaluation (resume); `best` only when it changes (metrics passed).
+    ckpts.save(step, state, data_state=progress, metrics=valid if improved else None)
+  ckpts.wait()
+  best_state, _, best_metrics = ckpts.restore_best(state)
+  ckpts.close()
+  summary = {'epochs_run': progress['epoch'], 'best_epoch': progress['best_epoch'],
+             'steps': int(state.step), 'best_valid_during_training': best_metrics,
+             'train_seconds_per_epoch': float(np.mean(epoch_seconds)) if epoch_seconds else None,
+             'stopped_early': progress['since_best'] > config.train.patience}
+  return best_state.params, summary
+
+
+def restore_sasrec(workdir: str) -> tuple[sasrec_lib.SASRecConfig, Any]:
+  """(model config, best params) of a SASRec trained by `train_sasrec` (e.g. as a reward)."""
+  with open(os.path.join(workdir, 'model.json'), encoding='utf-8') as f:
+    description = json.load(f)
+  if description.get('kind') != 'sasrec':
+    raise ValueError(f'{workdir} holds a {description.get("kind")!r} model, not SASRec')
+  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  fields = {f.name for f in dataclasses.fields(sasrec_lib.SASRecConfig)}
+  model_config = sasrec_lib.SASRecConfig(**{k: v for k, v in description.items() if k in fields})
+  params = jax.eval_shape(lambda: sasrec_lib.init_params(model_config, jax.random.key(0)))
+  abstract = jax.eval_shape(lambda p: TrainState.create(apply_fn=None, params=p,
+                                                        tx=optimizer(config.optim)), params)
+  ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                    best_metric=config.eval.select_by)
+  state, _, _ = ckpts.restore_best(abstract)
+  ckpts.close()
+  return model_config, state.params
