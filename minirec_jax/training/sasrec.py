@@ -16,9 +16,11 @@ after more than `config.train.patience` evaluations without improvement, and fin
 the best parameters on valid and test (metrics at `config.eval.ks`, top-`config.eval.top_k`
 predictions file for test, results.json).
 
-Batches (from `pipeline.array_batches` over in-memory split arrays): history int32 [B, H]
-(-1 after history_len), history_len [B], target [B], user [B] (train-user index or -1),
-valid bool [B] (False on rows padding the last batch; they get zero loss weight).
+Batches are slices of in-memory split arrays (`row_batches`): history int32 [B, H] (-1 after
+history_len), history_len [B], target [B], user [B] (train-user index or -1), valid bool [B]
+(False on rows padding the last batch; they get zero loss weight). Slicing numpy arrays by a
+permutation costs ~1 ms a batch, where a Grain index pipeline spends ~17 us per example (35 ms
+per batch of 2048, a quarter of an Industrial training step).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 from absl import logging
 import chex
@@ -348,12 +350,29 @@ def _check_divisible(batch_size: int, mesh, what: str) -> None:
     raise ValueError(f'{what} {batch_size} is not divisible by the {mesh.size} devices')
 
 
+def row_batches(columns: dict[str, np.ndarray], batch_size: int,
+                order: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Batches of rows (in `order`, default file order) of equally long arrays.
+
+  The last batch is filled up to `batch_size` with copies of its first row and every batch
+  has `valid` (bool `[batch_size]`) marking the real rows, so all batches have one shape.
+  """
+  n = len(next(iter(columns.values())))
+  order = np.arange(n) if order is None else np.asarray(order)
+  for start in range(0, n, batch_size):
+    rows = order[start:start + batch_size]
+    real = len(rows)
+    rows = np.concatenate([rows, np.repeat(rows[:1], batch_size - real)])
+    batch = {name: values[rows] for name, values in columns.items()}
+    batch['valid'] = np.arange(batch_size) < real
+    yield batch
+
+
 def epoch_batches(train: SplitArrays, *, batch_size: int, seed: int, epoch: int,
-                  max_steps: int = 0):
+                  max_steps: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """The training batches of one epoch: shuffled by (seed, epoch), last one padded."""
-  batches = pipeline.array_batches(train.columns(), batch_size, seed=seed + epoch,
-                                   num_epochs=1, drop_remainder=False)
-  return itertools.islice(batches, max_steps or None)
+  order = np.random.default_rng((seed, epoch)).permutation(len(train))
+  return itertools.islice(row_batches(train.columns(), batch_size, order), max_steps or None)
 
 
 def make_packer(ranker: Ranker, config: ml_collections.ConfigDict, mesh) -> BatchPacker | None:
@@ -388,8 +407,7 @@ def evaluate(eval_fn: Callable, params, arrays: SplitArrays, *, batch_size: int,
              ks, mesh, split: str = '', keep_predictions: bool = False):
   """Full-ranking metrics of one split (exact counts); optionally prediction rows."""
   totals, rows = ranking.RankCounts.zeros(), []
-  for batch in pipeline.array_batches(arrays.columns(with_index=True), batch_size,
-                                      drop_remainder=False):
+  for batch in row_batches(arrays.columns(with_index=True), batch_size):
     index = batch.pop('index')
     items, scores, metrics = eval_fn(params, parallel.shard_batch(batch, mesh))
     totals = totals + ranking.RankCounts.from_batch(jax.device_get(metrics))
