@@ -140,3 +140,25 @@ def test_dynamic_sampling_keeps_distinct_items_and_the_target():
   items = jnp.array([[4, 4, 2, 9, 2, 7]])
   keep = rollout_lib._dedupe_keep(items, jnp.array([9]), 3)
   assert np.asarray(items[0, keep[0]]).tolist() == [9, 4, 2]
+
+
+def test_shared_prompt_log_probs_equal_a_full_forward_pass():
+  _, vocab, config, _, _, _, _, params = _toy()
+  rng = np.random.default_rng(3)
+  b, g, t, num = 3, 4, 5, 2
+  tokens = jnp.asarray(rng.integers(1, vocab.vocab_size, (b, t)), jnp.int32)
+  lengths = np.array([5, 3, 1])  # left padding
+  mask = jnp.asarray(np.arange(t)[None] >= (t - lengths)[:, None])
+  positions = jnp.maximum(jnp.arange(t)[None] - (t - jnp.asarray(lengths))[:, None], 0)
+  completion = jnp.asarray(rng.integers(1, vocab.vocab_size, (b, g, num)), jnp.int32)
+  lp = prompted.completion_log_probs(config, params, tokens, positions, mask, completion)
+  assert lp.shape == (b, g, num)
+  for i in range(b):
+    for j in range(g):
+      full = jnp.concatenate([tokens[i, t - lengths[i]:], completion[i, j]])[None]
+      logits = decoder_lib.Decoder(config).apply({'params': params}, full,
+                                                 jnp.arange(full.shape[1])[None])
+      want = jax.nn.log_softmax(logits[0, -num - 1:-1])[jnp.arange(num), completion[i, j]]
+      np.testing.assert_allclose(lp[i, j], want, atol=2e-5)
+  flat = prompted.completion_log_probs(config, params, tokens, positions, mask, completion[:, 0])
+  np.testing.assert_allclose(flat, lp[:, 0], atol=1e-6)

@@ -52,18 +52,36 @@ def completion_log_probs(config: decoder_lib.DecoderConfig, params, tokens, posi
                          completion) -> jax.Array:
   """Teacher-forced log p(completion token l | prompt, earlier completion tokens).
 
+  Each prompt is read once and its KV cache shared by all of its completions, so scoring G
+  candidates per prompt costs one prompt pass plus G * L tokens, not G * (T + L) (GRPO scores
+  16 candidates of 3 tokens after prompts of ~30).
+
   Args:
-    tokens, positions, mask: prompts `[rows, T]`.
-    completion: `[rows, L]` token ids following each prompt.
+    tokens, positions, mask: prompts `[B, T]` (left padding False in `mask`).
+    completion: `[B, L]` or `[B, G, L]` token ids following each prompt.
   Returns:
-    float32 `[rows, L]` (log-softmax over the full vocabulary).
+    float32 log-probs of the shape of `completion` (log-softmax over the full vocabulary).
   """
-  num = completion.shape[1]
-  full = jnp.concatenate([tokens, completion], axis=1)
-  full_pos = jnp.concatenate([positions, positions[:, -1:] + 1 + jnp.arange(num)[None]], axis=1)
-  valid = jnp.concatenate([mask, jnp.ones_like(completion, bool)], axis=1)
-  seq = full.shape[1]
-  attn = jnp.tril(jnp.ones((seq, seq), bool))[None] & valid[:, None, :]
-  logits = decoder_lib.Decoder(config).apply({'params': params}, full, full_pos, attn)
-  log_probs = jax.nn.log_softmax(logits[:, -num - 1:-1].astype(jnp.float32))
-  return jnp.take_along_axis(log_probs, completion[..., None], axis=-1)[..., 0]
+  grouped = completion if completion.ndim == 3 else completion[:, None]
+  b, g, num = grouped.shape
+  t = tokens.shape[1]
+  first_logits, cache = decoder_lib.prefill(config, params, tokens, positions, mask,
+                                            max_len=t + num - 1)
+  first_logits = jnp.repeat(first_logits, g, axis=0)[:, None]
+  if num > 1:
+    cache = decoder_lib.reorder_cache(cache, jnp.repeat(jnp.arange(b), g))
+    feed = grouped[:, :, :-1].reshape(b * g, num - 1)
+    feed_pos = jnp.repeat(positions[:, -1:] + 1 + jnp.arange(num - 1)[None], g, axis=0)
+    # Completion token j sees the prompt's valid slots and completion tokens 0..j.
+    attn = jnp.concatenate([
+        jnp.broadcast_to(jnp.repeat(mask.astype(bool), g, axis=0)[:, None],
+                         (b * g, num - 1, t)),
+        jnp.broadcast_to(jnp.tril(jnp.ones((num - 1, num - 1), bool)), (b * g, num - 1, num - 1))
+    ], axis=2)
+    rest, _ = decoder_lib.Decoder(config).apply({'params': params}, feed, feed_pos, attn, cache)
+    logits = jnp.concatenate([first_logits, rest], axis=1)
+  else:
+    logits = first_logits
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  picked = jnp.take_along_axis(log_probs, grouped.reshape(b * g, num, 1), axis=-1)
+  return picked.reshape(completion.shape)

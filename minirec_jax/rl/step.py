@@ -64,16 +64,16 @@ def make_grpo_step(config: DecoderConfig, *, sid_offset: int, codebook_size: int
                                            codes_table=codes_table, score_fn=score_fn)
     advantages = grpo.group_advantages(reward, ddof=adv_ddof, eps=adv_eps)
     completion = (sid_offset + jnp.arange(num_levels) * codebook_size
-                  + jnp.maximum(codes, 0)).reshape(b * g, num_levels)
-    rep = lambda x: jnp.repeat(x, g, axis=0)
-    prompt = (rep(batch['tokens']), rep(batch['positions']), rep(batch['mask']))
+                  + jnp.maximum(codes, 0))
+    prompt = (batch['tokens'], batch['positions'], batch['mask'])
     valid = jnp.broadcast_to((items >= 0).reshape(b * g, 1), (b * g, num_levels))
     ref_lp = jax.lax.stop_gradient(
         prompted.completion_log_probs(config, ref_params, *prompt, completion))
 
     def loss_fn(params):
       lp = prompted.completion_log_probs(config, params, *prompt, completion)
-      return grpo.grpo_loss(lp, jax.lax.stop_gradient(lp), ref_lp, advantages.reshape(-1),
+      lp, ref = lp.reshape(b * g, num_levels), ref_lp.reshape(b * g, num_levels)
+      return grpo.grpo_loss(lp, jax.lax.stop_gradient(lp), ref, advantages.reshape(-1),
                             valid, clip_eps=clip_eps, beta=beta, kl_estimator=kl_estimator,
                             aggregation=aggregation)
 

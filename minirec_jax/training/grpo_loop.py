@@ -18,11 +18,13 @@ from minirec_jax import metric_logging
 from minirec_jax.data import pipeline
 from minirec_jax.evaluation import generative
 from minirec_jax.evaluation import predictions
+from minirec_jax.models import sasrec as sasrec_model
 from minirec_jax.rl import rollout as rollout_lib
 from minirec_jax.rl import step as step_lib
 from minirec_jax.semantic_ids import trie as trie_lib
 from minirec_jax.training import optim
 from minirec_jax.training import parallel
+from minirec_jax.training import sasrec as sasrec_train
 from minirec_jax.training import sft
 from minirec_jax.training import sft_loop
 
@@ -37,11 +39,18 @@ def soft_sync(ref_params, params, alpha: float):
   return jax.tree.map(lambda r, p: alpha * p + (1.0 - alpha) * r, ref_params, params)
 
 
+def reward_model(sasrec_workdir: str):
+  """(score_fn, frozen params) of a SASRec trained by `train_sasrec`, for the collab reward."""
+  model_config, params = sasrec_train.restore_sasrec(sasrec_workdir)
+  return sasrec_model.score_fns(model_config).score, params
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        score_fn=None, reward_params=None) -> dict:
   """GRPO from the best checkpoint of `config.init_from` (an SFT workdir).
 
-  `score_fn`/`reward_params`: a frozen collaborative model for the 'collab' reward.
+  `score_fn`/`reward_params`: a frozen collaborative model for the 'collab' reward; when not
+  given, `config.grpo.reward_model` (a `train_sasrec` workdir) is loaded if set.
   """
   os.makedirs(workdir, exist_ok=True)
   io_utils.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
@@ -51,6 +60,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   recommender = generative.Recommender(s.model_config, s.sids, base.data.max_history)
   trie = trie_lib.build_trie(s.sids.codes, s.sids.codebook_size, dedupe='first')
   g = config.grpo
+  if score_fn is None and g.reward_model:
+    score_fn, reward_params = reward_model(g.reward_model)
   tx, _ = optim.from_config(config.optim, config.train.steps)
   state = sft.TrainState.create(apply_fn=None, params=init_params, tx=tx)
   ref_params = jax.tree.map(jnp.copy, init_params)  # state is donated; ref must not alias it
