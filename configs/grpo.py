@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.grpo.aggregation = 'seq_mean_token_mean'
   config.grpo.adv_ddof = 1
   config.grpo.adv_eps = 1e-4
+  config.grpo.sft_weight = 0.0          # > 0: add this x the target's NLL (SFT anchor)
   config.grpo.ref_sync_every = 0        # > 0: ref <- alpha * policy + (1 - alpha) * ref
   config.grpo.ref_sync_alpha = 0.6
   config.grpo.reward_model = ''         # train_sasrec workdir, for the 'collab' reward

@@ -162,3 +162,27 @@ def test_shared_prompt_log_probs_equal_a_full_forward_pass():
       np.testing.assert_allclose(lp[i, j], want, atol=2e-5)
   flat = prompted.completion_log_probs(config, params, tokens, positions, mask, completion[:, 0])
   np.testing.assert_allclose(flat, lp[:, 0], atol=1e-6)
+
+
+def test_sft_anchor_adds_the_weighted_target_nll():
+  codes, vocab, config, trie, prompts, positions, mask, params = _toy()
+  targets = jnp.arange(8) % 12
+  roll = rollout_lib.rollout(config, params, trie, prompts, positions, mask, targets,
+                             jax.random.key(0), mode='beam', group_size=4,
+                             sid_offset=vocab.sid_offset)
+  batch = {'tokens': prompts, 'positions': positions, 'mask': mask, 'target': targets,
+           'history': jnp.zeros((8, 1), jnp.int32), 'history_len': jnp.ones(8, jnp.int32),
+           'items': roll.items, 'codes': roll.codes}
+  losses = {}
+  for weight in (0.0, 0.5):
+    step = step_lib.make_grpo_step(
+        config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
+        item_to_group=trie.item_to_group, codes_table=trie.codes, weights={'rule': 1.0},
+        sft_weight=weight)
+    state = sft.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.0))
+    losses[weight] = step(state, params, None, batch, jax.random.key(0))[1]
+  completion = jnp.asarray(vocab.item_tokens(codes)[np.asarray(targets)])
+  nll = -float(prompted.completion_log_probs(config, params, prompts, positions, mask,
+                                             completion).mean())
+  np.testing.assert_allclose(losses[0.5]['target_nll'], nll, rtol=1e-5)
+  np.testing.assert_allclose(losses[0.5]['loss'] - losses[0.0]['loss'], 0.5 * nll, rtol=1e-4)

@@ -51,9 +51,13 @@ def make_grpo_step(config: DecoderConfig, *, sid_offset: int, codebook_size: int
                    item_to_group: jax.Array, codes_table: jax.Array,
                    weights: dict[str, float], beta: float = 1e-3, kl_estimator: str = 'k3',
                    clip_eps: float = 0.2, aggregation: str = 'seq_mean_token_mean',
-                   adv_ddof: int = 1, adv_eps: float = 1e-4, score_fn: ScoreFn | None = None,
-                   axis_name: str | None = None) -> Callable:
-  """Returns the un-jitted pure GRPO step."""
+                   adv_ddof: int = 1, adv_eps: float = 1e-4, sft_weight: float = 0.0,
+                   score_fn: ScoreFn | None = None, axis_name: str | None = None) -> Callable:
+  """Returns the un-jitted pure GRPO step.
+
+  `sft_weight > 0` adds that multiple of the target's token-mean NLL to the loss (an SFT anchor,
+  rl_notes: AdaGRPO); the target is scored in the same pass as the G candidates.
+  """
 
   def step(state, ref_params, reward_params, batch, rng):
     del rng  # the update is deterministic given the rollout
@@ -70,12 +74,22 @@ def make_grpo_step(config: DecoderConfig, *, sid_offset: int, codebook_size: int
     ref_lp = jax.lax.stop_gradient(
         prompted.completion_log_probs(config, ref_params, *prompt, completion))
 
+    target_completion = (sid_offset + jnp.arange(num_levels) * codebook_size
+                         + codes_table[batch['target']])
+    scored = (jnp.concatenate([completion, target_completion[:, None]], axis=1) if sft_weight
+              else completion)
+
     def loss_fn(params):
-      lp = prompted.completion_log_probs(config, params, *prompt, completion)
-      lp, ref = lp.reshape(b * g, num_levels), ref_lp.reshape(b * g, num_levels)
-      return grpo.grpo_loss(lp, jax.lax.stop_gradient(lp), ref, advantages.reshape(-1),
-                            valid, clip_eps=clip_eps, beta=beta, kl_estimator=kl_estimator,
-                            aggregation=aggregation)
+      all_lp = prompted.completion_log_probs(config, params, *prompt, scored)
+      lp = all_lp[:, :g].reshape(b * g, num_levels)
+      loss, metrics = grpo.grpo_loss(
+          lp, jax.lax.stop_gradient(lp), ref_lp.reshape(b * g, num_levels),
+          advantages.reshape(-1), valid, clip_eps=clip_eps, beta=beta,
+          kl_estimator=kl_estimator, aggregation=aggregation)
+      if sft_weight:
+        metrics['target_nll'] = -all_lp[:, g].mean()
+        loss = loss + sft_weight * metrics['target_nll']
+      return loss, metrics
 
     (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     hit = rewards_lib.hits(items, batch['target'], item_to_group)
