@@ -1,0 +1,62 @@
+"""Paired comparison of runs against a baseline on the same split (e.g. GRPO vs its SFT start).
+
+  python experiments/compare_runs.py --baseline=workdirs/sft --runs=workdirs/grpo_a,workdirs/grpo_b \
+      [--split=test] [--ks=3,5,10] [--output=compare.json]
+
+Reads `<workdir>/predictions_<split>.jsonl` of each run (or a .jsonl path given directly) and
+prints, per metric, the baseline value, the run's value and the paired difference +- its
+standard error over the shared rows.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from minirec_jax import io_utils
+from minirec_jax.data.errors import DataError
+from minirec_jax.evaluation import compare
+
+_BASELINE = flags.DEFINE_string('baseline', None, 'Baseline workdir or predictions file.',
+                                required=True)
+_RUNS = flags.DEFINE_list('runs', None, 'Workdirs or predictions files to compare.',
+                          required=True)
+_SPLIT = flags.DEFINE_string('split', 'test', 'Split whose predictions are compared.')
+_KS = flags.DEFINE_list('ks', ['3', '5', '10'], 'Cut-offs K.')
+_METRICS = flags.DEFINE_list('metrics', ['hr', 'ndcg'], 'Metric families to print.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
+
+
+def _predictions_path(run: str) -> str:
+  return run if run.endswith('.jsonl') else os.path.join(run, f'predictions_{_SPLIT.value}.jsonl')
+
+
+def main(argv):
+  del argv
+  ks = [int(k) for k in _KS.value]
+  wanted = [f'{m}@{k}' for k in ks for m in _METRICS.value]
+  print(f'| run | ' + ' | '.join(wanted) + ' |')
+  print('|---|' + '---|' * len(wanted))
+  results = {}
+  try:
+    for run in _RUNS.value:
+      diffs = {d.metric: d for d in compare.paired_differences(
+          _predictions_path(_BASELINE.value), _predictions_path(run), ks)}
+      results[run] = {m: vars(diffs[m]) for m in wanted}
+      cells = [f'{diffs[m].b:.4f} ({diffs[m].diff:+.4f} +- {diffs[m].stderr:.4f})'
+               for m in wanted]
+      print(f'| {run} | ' + ' | '.join(cells) + ' |')
+  except DataError as exc:
+    print(f'error: {exc}', file=sys.stderr)
+    sys.exit(1)
+  base = next(iter(results.values()))
+  print(f'| baseline {_BASELINE.value} | '
+        + ' | '.join(f'{base[m]["a"]:.4f}' for m in wanted) + ' |')
+  if _OUTPUT.value:
+    io_utils.write_json(_OUTPUT.value, {'baseline': _BASELINE.value, 'split': _SPLIT.value,
+                                        'runs': results})
+
+
+if __name__ == '__main__':
+  app.run(main)

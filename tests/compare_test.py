@@ -1,0 +1,39 @@
+"""Paired comparison of two predictions files."""
+
+import numpy as np
+import pytest
+
+from minirec_jax.data.errors import DataError
+from minirec_jax.evaluation import compare
+from minirec_jax.evaluation import predictions
+
+
+def _write(path, ranked):
+  rows = [predictions.make_row(f'u{i}', 7, items, [0.0] * len(items))
+          for i, items in enumerate(ranked)]
+  predictions.write(path, rows)
+  return path
+
+
+def test_paired_difference_and_its_standard_error(tmp_path):
+  a = _write(tmp_path / 'a.jsonl', [[7, 1], [1, 2], [1, 7], [1, 2]])
+  b = _write(tmp_path / 'b.jsonl', [[7, 1], [7, 2], [7, 1], [1, 2]])
+  diffs = {d.metric: d for d in compare.paired_differences(a, b, ks=(1, 2))}
+  hr1 = diffs['hr@1']
+  assert (hr1.a, hr1.b, hr1.n) == (0.25, 0.75, 4)
+  per_row = np.array([0.0, 1.0, 1.0, 0.0])
+  assert hr1.diff == pytest.approx(0.5)
+  assert hr1.stderr == pytest.approx(per_row.std(ddof=1) / 2)
+  assert diffs['hr@2'].diff == pytest.approx(0.25)
+  assert diffs['ndcg@2'].diff == pytest.approx((1 + 1 - 1 / np.log2(3)) / 4)
+
+
+def test_rows_must_match(tmp_path):
+  a = _write(tmp_path / 'a.jsonl', [[7], [1]])
+  b = tmp_path / 'b.jsonl'
+  predictions.write(b, [predictions.make_row('u0', 7, [7], [0.0]),
+                        predictions.make_row('other', 7, [1], [0.0])])
+  with pytest.raises(DataError, match=r'b.jsonl:2: .*user_id/target'):
+    compare.paired_differences(a, b)
+  with pytest.raises(DataError, match='has 1 rows'):
+    compare.paired_differences(a, _write(tmp_path / 'c.jsonl', [[7]]))
