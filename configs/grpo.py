@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.ks = (1, 3, 5, 10, 20, 50)
   config.eval.max_examples = 1000       # valid prefix used to pick the best step
   config.eval.report_max_examples = 0
+  config.eval.report = 'best'           # final metrics of the 'best' (valid) or 'last' step
 
   config.ckpt = ml_collections.ConfigDict()
   config.ckpt.keep = 2

@@ -52,6 +52,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `score_fn`/`reward_params`: a frozen collaborative model for the 'collab' reward; when not
   given, `config.grpo.reward_model` (a `train_sasrec` workdir) is loaded if set.
   """
+  if config.eval.report not in ('best', 'last'):
+    raise ValueError(f"config.eval.report must be 'best' or 'last', got {config.eval.report!r}")
   os.makedirs(workdir, exist_ok=True)
   io_utils.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
   base = sft_config(config.init_from)
@@ -142,14 +144,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  metrics=valid)
   progress.close()
   ckpts.wait()
-  best, _, _ = ckpts.restore_best({'state': state, 'ref': ref_params})
-  best_step = ckpts.best_step()
+  if config.eval.report == 'best':
+    best, _, _ = ckpts.restore_best({'state': state, 'ref': ref_params})
+    report_params, report_step = best['state'].params, ckpts.best_step()
+  else:
+    report_params, report_step = state.params, int(state.step)
   ckpts.close()
-  results = {'best_step': best_step, 'timing': {
+  results = {'report_step': report_step, 'timing': {
       **times, 'steps': config.train.steps,
       'rollout_share': times['rollout_s'] / max(sum(times.values()), 1e-9)}}
   for split in ('valid', 'test'):
-    result = evaluate(best['state'].params, split, config.eval.report_max_examples, keep=True)
+    result = evaluate(report_params, split, config.eval.report_max_examples, keep=True)
     predictions.write(os.path.join(workdir, f'predictions_{split}.jsonl'), result.predictions)
     results[split] = result.metrics
   io_utils.write_json(os.path.join(workdir, 'results.json'), results)
