@@ -283,7 +283,8 @@ def test_parameter_counts_of_real_shapes():
       variants.decoder_config('qwen2.5-0.5b', variants.QWEN2_5_VOCAB))
   # Published as 0.49B total / 0.36B non-embedding; exact figure from the HF config.json shapes.
   assert qwen05 == {'params': 494_032_768, 'embedding_params': 151_936 * 896,
-                    'non_embedding_params': 357_898_112}
+                    'non_embedding_params': 357_898_112,
+                    'active_non_embedding_params': 357_898_112}
   qwen15 = decoder_lib.count_params(
       variants.decoder_config('qwen2.5-1.5b', variants.QWEN2_5_VOCAB))
   assert qwen15['params'] == 1_543_714_304  # published as 1.54B (1.31B non-embedding)

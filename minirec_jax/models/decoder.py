@@ -1,8 +1,9 @@
 """A Qwen2/Llama-architecture decoder-only transformer in Flax linen, with an explicit KV cache.
 
 Blocks: RMSNorm -> grouped-query attention with RoPE (HF "rotate_half" convention, optional
-q/k/v bias, no output bias) -> residual -> RMSNorm -> SwiGLU MLP -> residual; final RMSNorm;
-LM head tied to the embedding or separate. Parameter names follow HF Qwen2 (embed_tokens,
+q/k/v bias, no output bias) -> residual -> RMSNorm -> SwiGLU MLP (or, with `num_experts`, a
+mixture of SwiGLU experts: see moe.py) -> residual; final RMSNorm; LM head tied to the
+embedding or separate. Parameter names follow HF Qwen2 (embed_tokens,
 layers_i/self_attn/{q,k,v,o}_proj, mlp/{gate,up,down}_proj, input_layernorm,
 post_attention_layernorm, norm, lm_head), so `params_from_hf_state_dict` loads a pretrained
 checkpoint of the family without touching the module. Parameters are float32; `dtype` sets the
@@ -31,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minirec_jax.models import moe
+
 Cache = dict[str, jax.Array]
 Params = dict[str, Any]
 _INIT = nn.initializers.normal(0.02)
@@ -56,6 +59,13 @@ class DecoderConfig:
     dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
     max_len: longest sequence (positions and cache length) the model is meant for, HF
       `max_position_embeddings`; `init_cache` refuses longer caches.
+    num_experts: 0 for the dense SwiGLU MLP; E > 0 replaces it with E SwiGLU experts of width
+      mlp_dim behind a top-k router (moe.py).
+    experts_per_token: k, the experts each token is routed to (MoE only).
+    moe_aux_weight: weight of the load-balancing loss in the training loss (MoE only).
+    moe_capacity_factor: 0 routes without dropping tokens; f > 0 caps each expert at
+      ceil(f * k * seq / E) tokens per row in training/scoring calls (cached decoding calls
+      never drop tokens).
   """
 
   vocab_size: int
@@ -71,6 +81,10 @@ class DecoderConfig:
   tie_embeddings: bool = True
   dtype: str = 'float32'
   max_len: int = 32768
+  num_experts: int = 0
+  experts_per_token: int = 2
+  moe_aux_weight: float = 0.01
+  moe_capacity_factor: float = 0.0
 
   def __post_init__(self):
     for name in ('vocab_size', 'width', 'depth', 'num_heads', 'num_kv_heads', 'mlp_dim',
@@ -90,6 +104,12 @@ class DecoderConfig:
       object.__setattr__(self, 'head_dim', self.width // self.num_heads)
     if self.head_dim % 2:
       raise ValueError(f'head_dim must be even for RoPE, got {self.head_dim}')
+    for name in ('num_experts', 'moe_aux_weight', 'moe_capacity_factor'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'DecoderConfig.{name} must be >= 0, got {getattr(self, name)}')
+    if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
+      raise ValueError(f'DecoderConfig.experts_per_token must be in [1, num_experts='
+                       f'{self.num_experts}], got {self.experts_per_token}')
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -198,8 +218,16 @@ class Block(nn.Module):
     attn, new_kv = Attention(c, name='self_attn')(
         RMSNorm(c.rms_eps, name='input_layernorm')(x), positions, mask, kv)
     x = x + attn
-    x = x + Mlp(c, name='mlp')(RMSNorm(c.rms_eps, name='post_attention_layernorm')(x))
-    return x, new_kv
+    h = RMSNorm(c.rms_eps, name='post_attention_layernorm')(x)
+    if not c.num_experts:
+      return x + Mlp(c, name='mlp')(h), new_kv
+    # Cached (decoding) calls never drop tokens, so generation is exact whatever the
+    # training capacity. A token is real iff it may attend somewhere: every mask built here
+    # lets a real token see itself and gives padding an all-False row.
+    capacity_factor = c.moe_capacity_factor if kv is None else 0.0
+    mlp = moe.MoeMlp(c.num_experts, c.experts_per_token, c.mlp_dim, capacity_factor,
+                     c.compute_dtype, _INIT, name='mlp')
+    return x + mlp(h, jnp.any(mask, axis=-1)), new_kv
 
 
 class Decoder(nn.Module):
@@ -349,7 +377,9 @@ def count_params(config: DecoderConfig) -> dict[str, int]:
 
   Returns:
     {'params': total, 'embedding_params': the embedding table plus a separate LM head if any,
-     'non_embedding_params': the rest (the Kaplan et al. scaling-law N)}.
+     'non_embedding_params': the rest (the Kaplan et al. scaling-law N),
+     'active_non_embedding_params': those a token uses: a MoE layer counts its router and
+       experts_per_token of its num_experts experts (equal to non_embedding_params if dense)}.
   """
   shapes = abstract_params(config)
   size = lambda x: int(np.prod(x.shape))
@@ -357,7 +387,13 @@ def count_params(config: DecoderConfig) -> dict[str, int]:
   embedding = size(shapes['embed_tokens']['embedding'])
   if not config.tie_embeddings:
     embedding += size(shapes['lm_head']['kernel'])
-  return {'params': total, 'embedding_params': embedding, 'non_embedding_params': total - embedding}
+  idle = 0  # parameters of the experts a token is not routed to
+  if config.num_experts:
+    experts = sum(size(shapes[f'layers_{i}']['mlp'][name])
+                  for i in range(config.depth) for name in moe.EXPERT_PARAMS)
+    idle = experts // config.num_experts * (config.num_experts - config.experts_per_token)
+  return {'params': total, 'embedding_params': embedding, 'non_embedding_params': total - embedding,
+          'active_non_embedding_params': total - embedding - idle}
 
 
 def flops_per_token(config: DecoderConfig, seq_len: int) -> dict[str, int]:
@@ -372,12 +408,19 @@ def flops_per_token(config: DecoderConfig, seq_len: int) -> dict[str, int]:
   softmax and the embedding lookup are ignored. Training ~= 3 x forward (the backward pass
   costs twice the forward).
 
+  A MoE MLP counts its active work, width * num_experts (router) + experts_per_token *
+  3 * width * mlp_dim. The slot dispatch computes every slot, filled or not: about
+  moe_capacity_factor times that expert term, or num_experts / experts_per_token times it when
+  dropless (see moe.py).
+
   Returns:
     {'forward_flops_per_token', 'train_flops_per_token'}.
   """
   c = config
   attn = c.width * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
   mlp = 3 * c.width * c.mlp_dim
+  if c.num_experts:
+    mlp = c.width * c.num_experts + c.experts_per_token * mlp
   forward = 2 * (c.depth * (attn + mlp) + c.width * c.vocab_size)
   forward += 4 * c.depth * seq_len * c.num_heads * c.head_dim
   return {'forward_flops_per_token': forward, 'train_flops_per_token': 3 * forward}
@@ -388,6 +431,9 @@ def _hf_layout(config: DecoderConfig) -> list[tuple[str, tuple[str, ...], bool]]
 
   HF Linear weights are `[out, in]`; linen Dense kernels are `[in, out]`.
   """
+  if config.num_experts:
+    raise ValueError(f'HF conversion covers dense MLPs only, got num_experts='
+                     f'{config.num_experts}')
   layout = [('model.embed_tokens.weight', ('embed_tokens', 'embedding'), False),
             ('model.norm.weight', ('norm', 'weight'), False)]
   for i in range(config.depth):

@@ -4,6 +4,9 @@ Widths grow by ~1.5x per step; head_dim is 64 from S up (32 for tiny); GQA with 
 up to L; MLP width ~ 8/3 x width rounded to 64 (SwiGLU keeps the parameter count of a 4x MLP).
 `width=`/`depth=` overrides rescale any of them (see `decoder_config`). The 'qwen2.5-*'
 entries are the published Qwen2.5 shapes (HF config.json), for loading those checkpoints.
+
+'<size>-moe8' is <size> with 8 SwiGLU experts, 2 per token, each half as wide as the dense MLP:
+the same active parameters (plus a width x 8 router per layer), 4x the MLP parameters.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ VARIANTS = {
 }
 
 QWEN2_5_VOCAB = 151_936
+_MOE_SIZES = ('tiny', 'XS', 'S', 'M', 'L', 'XL', 'XXL')
+
+
+def _moe(dense: dict, num_experts: int, experts_per_token: int) -> dict:
+  """The dense shape with its MLP split over the experts_per_token active experts."""
+  return dict(dense, num_experts=num_experts, experts_per_token=experts_per_token,
+              mlp_dim=dense['mlp_dim'] // experts_per_token)
+
+
+VARIANTS.update({f'{size}-moe8': _moe(VARIANTS[size], 8, 2) for size in _MOE_SIZES})
 
 
 def decoder_config(variant: str, vocab_size: int, **overrides) -> DecoderConfig:
@@ -38,7 +51,9 @@ def decoder_config(variant: str, vocab_size: int, **overrides) -> DecoderConfig:
 
   Overriding `width` without `num_heads` keeps the variant's head_dim: heads become
   width // head_dim, KV heads stay if they still divide them (else 1), and mlp_dim becomes
-  ~8/3 x width (rounded to 64) unless given.
+  ~8/3 x width (rounded to 64) unless given, divided by experts_per_token for a MoE (so the
+  active parameters stay those of the dense model). Overriding num_experts alone keeps
+  mlp_dim as the per-expert width.
 
   Raises:
     ValueError: unknown variant or field, or an inconsistent result.
@@ -52,7 +67,11 @@ def decoder_config(variant: str, vocab_size: int, **overrides) -> DecoderConfig:
     overrides['num_heads'] = max(1, overrides['width'] // head_dim)
     kv = overrides.get('num_kv_heads', fields['num_kv_heads'])
     overrides['num_kv_heads'] = kv if overrides['num_heads'] % kv == 0 else 1
-    overrides.setdefault('mlp_dim', max(64, round(overrides['width'] * 8 / 3 / 64) * 64))
+    merged = {**fields, **overrides}
+    active = (merged.get('experts_per_token', DecoderConfig.experts_per_token)
+              if merged.get('num_experts') else 1)
+    overrides.setdefault('mlp_dim',
+                         max(64, round(overrides['width'] * 8 / 3 / 64) * 64) // active)
   fields.update(overrides)
   known = {f.name for f in dataclasses.fields(DecoderConfig)} - {'vocab_size'}
   unknown = set(fields) - known

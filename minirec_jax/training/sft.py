@@ -6,6 +6,10 @@ Batches are packed sequences (`minirec_jax.sid_sequences.PackedSequences` rows):
 The loss is the token-weighted mean cross-entropy over supervised SID tokens. It is computed
 from sums (loss sum and weight sum) so that one device, a sharded jit over N devices and pmap
 over N devices (which psums both sums and the gradients) optimise exactly the same objective.
+A model's auxiliary scalars (e.g. a MoE load-balancing loss) enter those sums times the
+batch's token count, so pmap averages them over shards by tokens (a jit over N devices sees the
+global batch, so a MoE balance loss, a nonlinear batch statistic, differs slightly from pmap's
+per-shard average); `aux[PENALTY]` is added to the objective.
 """
 
 from __future__ import annotations
@@ -18,8 +22,14 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-# apply_fn(params, tokens, positions, attention_mask[b, q, k], rng) -> logits [b, seq, vocab]
-ApplyFn = Callable[..., jax.Array]
+from minirec_jax.models import decoder as decoder_lib
+from minirec_jax.models import moe
+
+# apply_fn(params, tokens, positions, attention_mask[b, q, k], rng) -> logits [b, seq, vocab],
+# or (logits, aux): aux maps names to float32 scalars, reported as metrics; aux[PENALTY], if
+# present, is a regulariser added to the mean token loss.
+ApplyFn = Callable[..., jax.Array | tuple[jax.Array, dict[str, jax.Array]]]
+PENALTY = 'penalty'
 
 
 class TrainState(train_state.TrainState):
@@ -52,10 +62,30 @@ def weighted_token_loss(logits: jax.Array, labels: jax.Array,
           'correct_sum': jnp.sum(correct * weights)}
 
 
-def _forward_sums(apply_fn: ApplyFn, params, batch, rng) -> dict[str, jax.Array]:
+def decoder_apply_fn(model: decoder_lib.Decoder) -> ApplyFn:
+  """The ApplyFn of a decoder: logits, plus {moe_aux_loss, PENALTY} for a MoE decoder."""
+  c = model.config
+
+  def apply_fn(params, tokens, positions, mask, rng):
+    del rng  # the decoder has no dropout
+    if not c.num_experts:
+      return model.apply({'params': params}, tokens, positions, mask)
+    logits, state = model.apply({'params': params}, tokens, positions, mask,
+                                mutable=['intermediates'])
+    balance = moe.aux_loss(state['intermediates'])
+    return logits, {moe.AUX_LOSS: balance, PENALTY: c.moe_aux_weight * balance}
+
+  return apply_fn
+
+
+def _forward_sums(apply_fn: ApplyFn, params, batch, rng) -> dict[str, Any]:
+  """weighted_token_loss sums plus 'aux': each aux scalar times weight_sum."""
   mask = segment_causal_mask(batch['segment_ids'])
-  logits = apply_fn(params, batch['tokens'], batch['positions'], mask, rng)
-  return weighted_token_loss(logits, batch['labels'], batch['weights'])
+  out = apply_fn(params, batch['tokens'], batch['positions'], mask, rng)
+  logits, aux = out if isinstance(out, tuple) else (out, {})
+  sums = weighted_token_loss(logits, batch['labels'], batch['weights'])
+  sums['aux'] = {name: value * sums['weight_sum'] for name, value in aux.items()}
+  return sums
 
 
 def make_sft_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callable:
@@ -72,7 +102,7 @@ def make_sft_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callabl
 
     def loss_fn(params):
       sums = _forward_sums(apply_fn, params, batch, rng)
-      return sums['loss_sum'], sums
+      return sums['loss_sum'] + sums['aux'].get(PENALTY, 0.0), sums
 
     grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:
@@ -81,14 +111,15 @@ def make_sft_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callabl
     grads = jax.tree.map(lambda g: g / denom, grads)
     new_state = state.apply_gradients(grads=grads)
     metrics = {'loss': sums['loss_sum'] / denom, 'accuracy': sums['correct_sum'] / denom,
-               'tokens': sums['weight_sum'], 'grad_norm': optax.tree.norm(grads)}
+               'tokens': sums['weight_sum'], 'grad_norm': optax.tree.norm(grads),
+               **{name: value / denom for name, value in sums['aux'].items()}}
     return new_state, metrics
 
   return step
 
 
 def make_sft_eval_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callable:
-  """Returns `eval_step(params, batch) -> sums` (loss_sum, weight_sum, correct_sum)."""
+  """Returns `eval_step(params, batch) -> sums` (loss_sum, weight_sum, correct_sum, aux)."""
 
   def eval_step(params: Any, batch: dict[str, jax.Array]):
     sums = _forward_sums(apply_fn, params, batch, None)
