@@ -5,7 +5,8 @@
 
 Reads `<workdir>/predictions_<split>.jsonl` of each run (or a .jsonl path given directly) and
 prints, per metric, the baseline value, the run's value and the paired difference +- its
-standard error over the shared rows.
+standard error over the shared rows. Items sharing a SID count as the same item when the
+baseline workdir has an item_groups.npy (written by the training loops) or --item_groups is given.
 """
 
 import os
@@ -17,6 +18,7 @@ from absl import flags
 from minirec_jax import io_utils
 from minirec_jax.data.errors import DataError
 from minirec_jax.evaluation import compare
+from minirec_jax.evaluation import predictions
 
 _BASELINE = flags.DEFINE_string('baseline', None, 'Baseline workdir or predictions file.',
                                 required=True)
@@ -25,6 +27,9 @@ _RUNS = flags.DEFINE_list('runs', None, 'Workdirs or predictions files to compar
 _SPLIT = flags.DEFINE_string('split', 'test', 'Split whose predictions are compared.')
 _KS = flags.DEFINE_list('ks', ['3', '5', '10'], 'Cut-offs K.')
 _METRICS = flags.DEFINE_list('metrics', ['hr', 'ndcg'], 'Metric families to print.')
+_ITEM_GROUPS = flags.DEFINE_string(
+    'item_groups', None, 'Item -> group .npy (items sharing a SID count as one); default: the '
+    "baseline workdir's item_groups.npy if present.")
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 
@@ -39,10 +44,13 @@ def main(argv):
   print(f'| run | ' + ' | '.join(wanted) + ' |')
   print('|---|' + '---|' * len(wanted))
   results = {}
+  groups_path = _ITEM_GROUPS.value or os.path.join(_BASELINE.value, predictions.ITEM_GROUPS_FILE)
   try:
+    groups = (predictions.load_item_groups(groups_path)
+              if _ITEM_GROUPS.value or os.path.exists(groups_path) else None)
     for run in _RUNS.value:
       diffs = {d.metric: d for d in compare.paired_differences(
-          _predictions_path(_BASELINE.value), _predictions_path(run), ks)}
+          _predictions_path(_BASELINE.value), _predictions_path(run), ks, groups)}
       results[run] = {m: vars(diffs[m]) for m in wanted}
       cells = [f'{diffs[m].b:.4f} ({diffs[m].diff:+.4f} +- {diffs[m].stderr:.4f})'
                for m in wanted]

@@ -146,6 +146,16 @@ def ranked_arrays(rows: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
   return items, np.asarray([r['target'] for r in rows], np.int64)
 
 
+ITEM_GROUPS_FILE = 'item_groups.npy'  # written next to a run's predictions files
+
+
+def save_item_groups(path: str | os.PathLike, item_to_group: np.ndarray) -> None:
+  """Writes `item_to_group` int32 `[num_items]` atomically (read by `load_item_groups`)."""
+  with io_utils.atomic_path(path) as tmp:
+    with open(tmp, 'wb') as f:
+      np.save(f, np.asarray(item_to_group, np.int32), allow_pickle=False)
+
+
 def load_item_groups(path: str | os.PathLike) -> np.ndarray:
   """Reads an `item_to_group` array (.npy, 1-D, integers >= 0) for same-SID matching."""
   path = require_file(os.fspath(path), 'item groups .npy file')

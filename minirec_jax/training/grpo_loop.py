@@ -153,6 +153,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   results = {'report_step': report_step, 'timing': {
       **times, 'steps': config.train.steps,
       'rollout_share': times['rollout_s'] / max(sum(times.values()), 1e-9)}}
+  predictions.save_item_groups(os.path.join(workdir, predictions.ITEM_GROUPS_FILE),
+                               s.sids.item_to_group)
   for split in ('valid', 'test'):
     result = evaluate(report_params, split, config.eval.report_max_examples, keep=True)
     predictions.write(os.path.join(workdir, f'predictions_{split}.jsonl'), result.predictions)
