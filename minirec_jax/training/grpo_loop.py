@@ -45,6 +45,19 @@ def reward_model(sasrec_workdir: str):
   return sasrec_model.score_fns(model_config).score, params
 
 
+def step_timing(times: dict[str, list[float]]) -> dict:
+  """Medians of the per-step rollout and update seconds, the first step (compilation) apart."""
+  steady = {k: v[1:] or v for k, v in times.items()}
+  med = {f'{k}_median': float(np.median(v)) if v else None for k, v in steady.items()}
+  out = {'steps_timed': len(times['rollout_s']), **med,
+         'first_step_s': (times['rollout_s'][0] + times['update_s'][0]
+                          if times['rollout_s'] else None)}
+  if times['rollout_s']:
+    out['rollout_share'] = med['rollout_s_median'] / (med['rollout_s_median']
+                                                      + med['update_s_median'])
+  return out
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        score_fn=None, reward_params=None) -> dict:
   """GRPO from the best checkpoint of `config.init_from` (an SFT workdir).
@@ -106,7 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   rng = jax.random.key(config.seed)
   progress = metric_logging.Progress(config.train.steps, 'grpo', unit='step',
                                      start=int(state.step))
-  times = {'rollout_s': 0.0, 'update_s': 0.0}
+  times = {'rollout_s': [], 'update_s': []}  # per step of this process (after a resume too)
   step = int(state.step)
   while step < config.train.steps:
     batch = next(data_iter)
@@ -127,8 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             parallel.shard_batch(update_batch, mesh), rng)
     metrics = jax.device_get(metrics)
     t2 = time.perf_counter()
-    times['rollout_s'] += t1 - t0
-    times['update_s'] += t2 - t1
+    times['rollout_s'].append(t1 - t0)
+    times['update_s'].append(t2 - t1)
     step += 1
     progress.update()
     if g.ref_sync_every and step % g.ref_sync_every == 0:
@@ -150,9 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   else:
     report_params, report_step = state.params, int(state.step)
   ckpts.close()
-  results = {'report_step': report_step, 'timing': {
-      **times, 'steps': config.train.steps,
-      'rollout_share': times['rollout_s'] / max(sum(times.values()), 1e-9)}}
+  results = {'report_step': report_step, 'timing': step_timing(times)}
   predictions.save_item_groups(os.path.join(workdir, predictions.ITEM_GROUPS_FILE),
                                s.sids.item_to_group)
   for split in ('valid', 'test'):
