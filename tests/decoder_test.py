@@ -245,6 +245,34 @@ def test_prefill_and_decode_match_full_forward_with_left_padding(tie):
                                  atol=1e-5, rtol=1e-5)
 
 
+def test_shared_prefix_cache_matches_a_repeated_prompt_cache():
+  config, params, _, tokens, _, _ = _setup()
+  prompt_len, group, steps = 7, 2, 3
+  pad = np.array([0, 3, 5])
+  prompt_mask = jnp.asarray(np.arange(prompt_len)[None] >= pad[:, None])
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, 1) - 1, 0)
+  prompt = jnp.where(prompt_mask, tokens[:, :prompt_len], 0)
+  first, shared = decoder_lib.prefill_shared(config, params, prompt, positions, prompt_mask,
+                                             gen_len=steps)
+  assert shared['prefix_k'].shape == (2, 3, prompt_len, 2, 8) and shared['k'].shape[2] == steps
+  rep = lambda x: jnp.repeat(x, group, axis=0)
+  first_ref, plain = decoder_lib.prefill(config, params, rep(prompt), rep(positions),
+                                         rep(prompt_mask), prompt_len + steps)
+  np.testing.assert_allclose(rep(first), first_ref, atol=1e-6)
+  shared = decoder_lib.reorder_cache(shared, jnp.repeat(jnp.arange(3), group))
+  rng = np.random.default_rng(0)
+  for j in range(steps):
+    # Rows follow other rows of the same prompt, as beams do.
+    rows = jnp.asarray(np.repeat(np.arange(3), group) * group
+                       + rng.integers(0, group, 3 * group))
+    shared, plain = (decoder_lib.reorder_cache(c, rows) for c in (shared, plain))
+    fed = jnp.asarray(rng.integers(1, VOCAB, 3 * group), jnp.int32)
+    pos = rep(positions[:, -1]) + 1 + j
+    got, shared = decoder_lib.decode_step(config, params, shared, fed, pos)
+    want, plain = decoder_lib.decode_step(config, params, plain, fed, pos)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
 def test_reorder_cache_gathers_rows():
   config, params, _, tokens, positions, _ = _setup()
   _, cache = _prefill(config, params, tokens, positions, jnp.ones((3, SEQ), bool), 12)

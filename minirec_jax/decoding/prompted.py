@@ -18,8 +18,8 @@ from minirec_jax.semantic_ids.trie import SidTrie
 
 
 def _prefill(config, params, trie: SidTrie, tokens, positions, mask, rows_per_prompt: int):
-  logits, cache = decoder_lib.prefill(config, params, tokens, positions, mask,
-                                      max_len=tokens.shape[1] + trie.num_levels)
+  logits, cache = decoder_lib.prefill_shared(config, params, tokens, positions, mask,
+                                             gen_len=max(trie.num_levels - 1, 1))
   next_position = jnp.repeat(positions[:, -1] + 1, rows_per_prompt)
 
   def logits_fn(cache, token, level):
@@ -64,21 +64,17 @@ def completion_log_probs(config: decoder_lib.DecoderConfig, params, tokens, posi
   """
   grouped = completion if completion.ndim == 3 else completion[:, None]
   b, g, num = grouped.shape
-  t = tokens.shape[1]
-  first_logits, cache = decoder_lib.prefill(config, params, tokens, positions, mask,
-                                            max_len=t + num - 1)
+  first_logits, cache = decoder_lib.prefill_shared(config, params, tokens, positions, mask,
+                                                   gen_len=max(num - 1, 1))
   first_logits = jnp.repeat(first_logits, g, axis=0)[:, None]
   if num > 1:
     cache = decoder_lib.reorder_cache(cache, jnp.repeat(jnp.arange(b), g))
     feed = grouped[:, :, :-1].reshape(b * g, num - 1)
     feed_pos = jnp.repeat(positions[:, -1:] + 1 + jnp.arange(num - 1)[None], g, axis=0)
-    # Completion token j sees the prompt's valid slots and completion tokens 0..j.
-    attn = jnp.concatenate([
-        jnp.broadcast_to(jnp.repeat(mask.astype(bool), g, axis=0)[:, None],
-                         (b * g, num - 1, t)),
-        jnp.broadcast_to(jnp.tril(jnp.ones((num - 1, num - 1), bool)), (b * g, num - 1, num - 1))
-    ], axis=2)
-    rest, _ = decoder_lib.Decoder(config).apply({'params': params}, feed, feed_pos, attn, cache)
+    # Completion token j sees the whole prompt (shared prefix) and completion tokens 0..j.
+    own = jnp.broadcast_to(jnp.tril(jnp.ones((num - 1, num - 1), bool)),
+                           (b * g, num - 1, num - 1))
+    rest, _ = decoder_lib.Decoder(config).apply({'params': params}, feed, feed_pos, own, cache)
     logits = jnp.concatenate([first_logits, rest], axis=1)
   else:
     logits = first_logits

@@ -19,6 +19,13 @@ Two call paths share the same weights:
     index: int32 scalar, the next slot to write (shared by all rows: left padding, not per-row
            offsets, absorbs different prompt lengths).
   `reorder_cache` gathers rows along those batch axes, e.g. to follow beams.
+* decoding many rows per prompt (beams, samples, GRPO candidates): `prefill_shared` keeps each
+  prompt's keys/values once, as `prefix_k`, `prefix_v` `[layers, prompts, T, kv_heads,
+  head_dim]` and `prefix_valid` `[prompts, T]`, next to a per-row cache of only the generated
+  slots (k, v, valid as above with max_len = the tokens to generate). Rows are prompt-major
+  (row r continues prompt r // (rows / prompts)); attention reads the prefix without copying
+  it per row, and `reorder_cache` moves only the per-row part. Same numbers as `prefill` with
+  the prompt repeated per row, for a fraction of the memory traffic.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from minirec_jax.models import moe
 Cache = dict[str, jax.Array]
 Params = dict[str, Any]
 _INIT = nn.initializers.normal(0.02)
+_MASKED = -1e30  # finite: a fully masked score row must not turn into NaN
 _COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
@@ -182,16 +190,52 @@ class Attention(nn.Module):
     v = v.reshape(b, s, c.num_kv_heads, c.head_dim)
     new_kv = None
     if kv is not None:
-      k_cache, v_cache, index = kv
+      k_cache, v_cache, index = kv[:3]
       k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
       v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
       new_kv = (k, v)
-    # Query head h reads KV head h // (num_heads // num_kv_heads), as HF repeat_kv does.
-    # Scores and softmax are float32; a fully masked row (left padding) stays finite.
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
-                                       mask=mask[:, None])
+    if kv is not None and len(kv) == 6:
+      out = _attend_with_prefix(q, k.astype(q.dtype), v.astype(q.dtype), mask, *kv[3:])
+    else:
+      # Query head h reads KV head h // (num_heads // num_kv_heads), as HF repeat_kv does.
+      # Scores and softmax are float32; a fully masked row (left padding) stays finite.
+      out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
+                                         mask=mask[:, None])
     out = _dense(c, c.width, False, 'o_proj')(out.reshape(b, s, c.num_heads * c.head_dim))
     return out, new_kv
+
+
+def _attend_with_prefix(q, k, v, mask, prefix_k, prefix_v, prefix_valid):
+  """Attention over a shared per-prompt prefix plus each row's own slots.
+
+  Args:
+    q: `[rows, s, heads, head_dim]`, rows prompt-major (G = rows // prompts per prompt).
+    k, v: `[rows, t, kv_heads, head_dim]`, the rows' own slots.
+    mask: bool `[rows, s, t]` over the rows' own slots.
+    prefix_k, prefix_v: `[prompts, T, kv_heads, head_dim]`.
+    prefix_valid: bool `[prompts, T]`; every query sees every valid prefix slot.
+  Returns:
+    `[rows, s, heads, head_dim]`, as attention over the concatenated keys would give.
+  """
+  rows, s, heads, head_dim = q.shape
+  prompts, _, kv_heads, _ = prefix_k.shape
+  g, rep = rows // prompts, heads // kv_heads
+  qg = q.reshape(prompts, g, s, kv_heads, rep, head_dim)
+  kg = k.reshape(prompts, g, -1, kv_heads, head_dim)
+  vg = v.reshape(prompts, g, -1, kv_heads, head_dim)
+  scale = head_dim ** -0.5
+  on_prefix = jnp.einsum('pgskrd,ptkd->pgkrst', qg, prefix_k.astype(q.dtype),
+                         preferred_element_type=jnp.float32) * scale
+  on_own = jnp.einsum('pgskrd,pglkd->pgkrsl', qg, kg,
+                      preferred_element_type=jnp.float32) * scale
+  on_prefix = jnp.where(prefix_valid[:, None, None, None, None, :], on_prefix, _MASKED)
+  on_own = jnp.where(mask.reshape(prompts, g, 1, 1, s, -1), on_own, _MASKED)
+  weights = jax.nn.softmax(jnp.concatenate([on_prefix, on_own], axis=-1), axis=-1)
+  t = prefix_k.shape[1]
+  out = (jnp.einsum('pgkrst,ptkd->pgskrd', weights[..., :t].astype(q.dtype),
+                    prefix_v.astype(q.dtype))
+         + jnp.einsum('pgkrsl,pglkd->pgskrd', weights[..., t:].astype(q.dtype), vg))
+  return out.reshape(rows, s, heads, head_dim)
 
 
 class Mlp(nn.Module):
@@ -258,6 +302,8 @@ class Decoder(nn.Module):
     new_k, new_v = [], []
     for i in range(c.depth):
       kv = None if cache is None else (cache['k'][i], cache['v'][i], cache['index'])
+      if cache is not None and 'prefix_k' in cache:
+        kv += (cache['prefix_k'][i], cache['prefix_v'][i], cache['prefix_valid'])
       x, layer_kv = Block(c, name=f'layers_{i}')(x, positions, mask, kv)
       if cache is not None:
         new_k.append(layer_kv[0])
@@ -272,7 +318,7 @@ class Decoder(nn.Module):
     logits = logits.astype(jnp.float32)
     if cache is None:
       return logits
-    return logits, {'k': jnp.stack(new_k), 'v': jnp.stack(new_v), 'valid': cache['valid'],
+    return logits, {**cache, 'k': jnp.stack(new_k), 'v': jnp.stack(new_v),
                     'index': cache['index'] + s}
 
 
@@ -334,6 +380,24 @@ def prefill(config: DecoderConfig, params: Params, tokens: jax.Array, positions:
   return logits[:, -1], cache
 
 
+def prefill_shared(config: DecoderConfig, params: Params, tokens: jax.Array,
+                   positions: jax.Array, mask: jax.Array, gen_len: int
+                   ) -> tuple[jax.Array, Cache]:
+  """Reads left-padded prompts once, for decoding several rows per prompt.
+
+  Args:
+    config, params, tokens, positions, mask: as `prefill` (prompts `[b, T]`).
+    gen_len: generated slots per row (static under jit).
+  Returns:
+    (float32 next-token logits `[b, vocab]`, a shared-prefix cache (module docstring) with
+    `b` rows; `reorder_cache(cache, rows)` then makes any prompt-major number of rows.)
+  """
+  logits, cache = prefill(config, params, tokens, positions, mask, max_len=tokens.shape[1])
+  own = init_cache(config, tokens.shape[0], gen_len)
+  return logits, {**own, 'prefix_k': cache['k'], 'prefix_v': cache['v'],
+                  'prefix_valid': cache['valid']}
+
+
 def decode_step(config: DecoderConfig, params: Params, cache: Cache, tokens: jax.Array,
                 positions: jax.Array) -> tuple[jax.Array, Cache]:
   """Feeds one token per row at cache slot `cache['index']`.
@@ -361,9 +425,13 @@ def decode_step(config: DecoderConfig, params: Params, cache: Cache, tokens: jax
 
 
 def reorder_cache(cache: Cache, rows: jax.Array) -> Cache:
-  """Gathers cache rows (`rows`: int `[new_batch]`), e.g. to follow surviving beams."""
-  return {'k': cache['k'][:, rows], 'v': cache['v'][:, rows], 'valid': cache['valid'][rows],
-          'index': cache['index']}
+  """Gathers cache rows (`rows`: int `[new_batch]`), e.g. to follow surviving beams.
+
+  A shared prefix (`prefill_shared`) stays as it is: with it, `rows` must keep the rows
+  prompt-major (row r of the result continues a row of prompt r // (new_batch / prompts)).
+  """
+  return {**cache, 'k': cache['k'][:, rows], 'v': cache['v'][:, rows],
+          'valid': cache['valid'][rows]}
 
 
 def abstract_params(config: DecoderConfig) -> Params:
