@@ -29,5 +29,8 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5'],
+        # Only for experiments/bench_hf.py and tests/hf_parity_test.py (the side-by-side with the
+        # official PyTorch stack); the library never imports torch or transformers.
+        'bench': ['torch==2.13.0', 'transformers==5.24.0'],
     },
 )
