@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = 0            # 0: all devices
+  config.mesh.fsdp = 1                   # > 1: shard params/optimizer over an 'fsdp' axis
 
   if args['tiny']:
     config.model.variant = 'tiny'

@@ -275,7 +275,7 @@ def our_train_step(config, params, optim_config, batch) -> Callable[[], float]:
   state = sft.TrainState.create(apply_fn=None, params=jax.tree.map(jnp.array, params), tx=tx)
   mesh = parallel.make_mesh()
   step = parallel.jit_data_parallel(
-      sft.make_sft_step(sft_loop.make_apply_fn(decoder_lib.Decoder(config))), mesh)
+      sft.make_sft_step(sft.decoder_apply_fn(decoder_lib.Decoder(config))), mesh)
   batch = parallel.shard_batch(batch, mesh)
   rng = jax.random.key(0)
 

@@ -53,7 +53,7 @@ def time_variant(variant: str, steps: int) -> dict:
   batch_size = config.train.batch_size
   steps_per_epoch = len(s.train) // batch_size
   state = sft_loop.init_state(s, config, steps_per_epoch, jax.random.key(0))
-  step = parallel.jit_data_parallel(sft.make_sft_step(sft_loop.make_apply_fn(s.model)), mesh)
+  step = parallel.jit_data_parallel(sft.make_sft_step(sft.decoder_apply_fn(s.model)), mesh)
   arrays = {k: v for k, v in sft_loop._packed_arrays(s.train).items()}
   batches = iter(pipeline.array_batches(arrays, batch_size, seed=0, num_epochs=None))
   rng = jax.random.key(0)

@@ -22,6 +22,11 @@ class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be restored into the requested structure."""
 
 
+def _barriers(name: str) -> ocp.options.MultiprocessingOptions:
+  # Both managers may save the same step; multi-host, their sync barriers need distinct names.
+  return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
+
 class Checkpoints:
   """Latest-N and best-1 checkpoints of a train state and its data-iterator state."""
 
@@ -31,14 +36,15 @@ class Checkpoints:
     self.best_metric = best_metric
     self._latest = ocp.CheckpointManager(
         os.path.join(self.folder, 'latest'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             multiprocessing_options=_barriers('latest')))
     self._best = None
     if best_metric:
       self._best = ocp.CheckpointManager(
           os.path.join(self.folder, 'best'),
           options=ocp.CheckpointManagerOptions(
               max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
-              best_mode=best_mode))
+              best_mode=best_mode, multiprocessing_options=_barriers('best')))
 
   @staticmethod
   def _args(state, data_state, metrics) -> ocp.args.Composite:

@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from minirec_jax import checkpointing
+from minirec_jax import distributed
 from minirec_jax import io_utils
 from minirec_jax import metric_logging
 from minirec_jax.data import pipeline
@@ -65,6 +66,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `score_fn`/`reward_params`: a frozen collaborative model for the 'collab' reward; when not
   given, `config.grpo.reward_model` (a `train_sasrec` workdir) is loaded if set.
   """
+  distributed.initialize()
   if config.eval.report not in ('best', 'last'):
     raise ValueError(f"config.eval.report must be 'best' or 'last', got {config.eval.report!r}")
   os.makedirs(workdir, exist_ok=True)
@@ -78,9 +80,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if score_fn is None and g.reward_model:
     score_fn, reward_params = reward_model(g.reward_model)
   tx, _ = optim.from_config(config.optim, config.train.steps)
-  state = sft.TrainState.create(apply_fn=None, params=init_params, tx=tx)
-  ref_params = jax.tree.map(jnp.copy, init_params)  # state is donated; ref must not alias it
   mesh = parallel.make_mesh(config.mesh.num_devices or None)
+  # Everything placed as the update places its outputs, so each jitted function compiles once.
+  init_params = jax.device_put(init_params, parallel.replicated(mesh))
+  state = jax.jit(lambda p: sft.TrainState.create(apply_fn=None, params=p, tx=tx),
+                  out_shardings=parallel.replicated(mesh))(init_params)
+  ref_params = jax.tree.map(jnp.copy, init_params)  # state is donated; ref must not alias it
   weights = dict(g.rewards)
   step_fn = step_lib.make_grpo_step(
       s.model_config, sid_offset=recommender.vocab.sid_offset,

@@ -1,65 +1,102 @@
 """Running pure step functions on many devices: jit + NamedSharding, or jax.pmap.
 
 Every step in this library is an un-jitted pure function `(state, batch, rng) -> (state,
-metrics)` (GRPO adds non-donated frozen arguments). `jit_data_parallel` is the recommended path
-(the compiler partitions a global-view program over a ('data',) mesh); `pmap_data_parallel`
-serves code that still runs pmap loops: the same step, built with `axis_name='data'`, averages
-gradients and metrics with collectives inside.
+metrics)` (GRPO adds non-donated frozen arguments). `jit_data_parallel` is the recommended path:
+the compiler partitions a global-view program over a ('data', 'fsdp') mesh. The batch is split
+over all devices; the train state is replicated, or with an 'fsdp' axis of size > 1 its large
+arrays (parameters and the optimizer moments, which share their shapes) are split over that
+axis and gathered by the compiler where the step needs them (fully sharded data parallelism).
+`pmap_data_parallel` serves code that still runs pmap loops: the same step, built with
+`axis_name='data'`, averages gradients and metrics with collectives inside.
+
+Multi-host: start JAX with `minirec_jax.distributed.initialize()`; every process then runs the
+same program on the global mesh and feeds only its own rows to `shard_batch`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from minirec_jax import distributed
+
 DATA_AXIS = 'data'
+FSDP_AXIS = 'fsdp'
+# Arrays smaller than this (norm scales, biases, step counters) stay replicated under FSDP:
+# splitting them saves little memory and costs one collective each.
+MIN_FSDP_SIZE = 2**10
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D ('data',) mesh over the first `num_devices` devices (all by default).
+def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> Mesh:
+  """A ('data', 'fsdp') mesh of shape `[devices / fsdp, fsdp]` over the first `num_devices`.
 
-  Axis type Auto: plain linen code (embedding gathers on a sharded batch) does not type-check
-  under the Explicit default of `jax.make_mesh`.
+  `fsdp` consecutive devices (on one host when it divides the local device count) share one
+  copy of the FSDP-sharded state; fsdp=1 is plain data parallelism. Axis types are Auto: plain
+  linen code (embedding gathers on a sharded batch) does not type-check under the Explicit
+  default of `jax.make_mesh`.
   """
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
-  return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f'fsdp axis size {fsdp} must be >= 1 and divide the {len(devices)} devices')
+  return Mesh(np.asarray(devices).reshape(-1, fsdp), (DATA_AXIS, FSDP_AXIS),
+              axis_types=(AxisType.Auto,) * 2)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over 'data'; other axes replicated."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Leading (batch) axis split over every mesh axis (all devices); other axes replicated."""
+  return NamedSharding(mesh, P(mesh.axis_names))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Places a host batch (this process's rows) on the mesh, split along axis 0.
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = MIN_FSDP_SIZE) -> P:
+  """Splits the largest dimension divisible by `fsdp` over 'fsdp'; P() (replicated) when
+  fsdp is 1, the array has fewer than `min_size` elements or no dimension divides."""
+  divisible = [d for d, n in enumerate(shape) if n % fsdp == 0]
+  if fsdp == 1 or math.prod(shape) < min_size or not divisible:
+    return P()
+  dim = max(divisible, key=lambda d: shape[d])
+  return P(*(None,) * dim, FSDP_AXIS)
 
-  Multi-host: each process passes its own rows; the result is one global array.
+
+def state_sharding(state: Any, mesh: Mesh, *, min_fsdp_size: int = MIN_FSDP_SIZE) -> Any:
+  """Sharding pytree for a (possibly abstract) train state on `mesh`.
+
+  FSDP (`fsdp_spec` per array) when the mesh has an 'fsdp' axis larger than 1, otherwise
+  everything replicated. Depends on shapes only, so params and Adam moments get one layout.
   """
-  sharding = batch_sharding(mesh)
-  if jax.process_count() == 1:
-    return jax.device_put(batch, sharding)
+  fsdp = dict(mesh.shape).get(FSDP_AXIS, 1)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+      lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), fsdp, min_fsdp_size)), state)
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """This process's rows of a batch, as global arrays split along axis 0 over all devices.
+
+  One process: the rows are the whole batch (a plain device_put). Several processes: each
+  passes its own, equally many rows; the global batch is their concatenation in process order.
+  """
+  return distributed.global_batch(batch, batch_sharding(mesh))
 
 
 def jit_data_parallel(step: Callable, mesh: Mesh, *, num_frozen: int = 0,
                       state_sharding: Any = None) -> Callable:
-  """jit(step) with the state donated, the batch split over 'data', everything else replicated.
+  """jit(step) with the state donated, the batch split over all devices, the rest replicated.
 
   Args:
     step: `(state, *frozen, batch, rng) -> (state, metrics)`, un-jitted.
     mesh: from `make_mesh`.
     num_frozen: number of non-donated arguments between state and batch (e.g. reference and
       reward-model params for GRPO).
-    state_sharding: sharding pytree (or one sharding) for the state; replicated by default.
-      Pass FSDP-style shardings here for large models.
+    state_sharding: sharding pytree (or one sharding) for the state, e.g. from the module's
+      `state_sharding` (FSDP on a mesh with fsdp > 1); replicated by default. Create the state
+      with the same sharding (jit with `out_shardings`) or the first call compiles twice.
   """
   repl = replicated(mesh)
   state_sharding = repl if state_sharding is None else state_sharding

@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from minirec_jax import checkpointing
+from minirec_jax import distributed
 from minirec_jax import io_utils
 from minirec_jax import metric_logging
 from minirec_jax.data import loading
@@ -432,6 +433,7 @@ def _model_name(config) -> str:
 
 def train_sasrec(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (unless variant == 'pop'), evaluates the best params; returns results.json."""
+  distributed.initialize()
   os.makedirs(workdir, exist_ok=True)
   io_utils.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
   s = setup(config)

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from minirec_jax import checkpointing
+from minirec_jax import distributed
 from minirec_jax import io_utils
 from minirec_jax import metric_logging
 from minirec_jax import sid_sequences
@@ -80,20 +81,23 @@ def setup(config: ml_collections.ConfigDict) -> SftSetup:
       valid=packed_split(dataset.split('valid'), item_tokens, max_history, config.train.seq_len))
 
 
-def make_apply_fn(model: decoder_lib.Decoder):
-  def apply_fn(params, tokens, positions, mask, rng):
-    del rng  # the decoder has no dropout
-    return model.apply({'params': params}, tokens, positions, mask)
-  return apply_fn
-
-
-def init_state(s: SftSetup, config, total_steps: int, rng) -> sft.TrainState:
+def init_state(s: SftSetup, config, total_steps: int, rng, mesh=None) -> sft.TrainState:
+  """Params and optimizer state; with `mesh`, created in the train step's state sharding
+  (`parallel.state_sharding`: replicated, or FSDP), so the first step does not compile again
+  for a differently placed state."""
   seq = config.train.seq_len
-  tokens = jnp.zeros((1, seq), jnp.int32)
-  mask = sft.segment_causal_mask(jnp.ones((1, seq), jnp.int32))
-  params = jax.jit(s.model.init)(rng, tokens, tokens, mask)['params']
   tx, _ = optim.from_config(config.optim, total_steps)
-  return sft.TrainState.create(apply_fn=None, params=params, tx=tx)
+
+  def create(rng):
+    tokens = jnp.zeros((1, seq), jnp.int32)
+    mask = sft.segment_causal_mask(jnp.ones((1, seq), jnp.int32))
+    params = s.model.init(rng, tokens, tokens, mask)['params']
+    return sft.TrainState.create(apply_fn=None, params=params, tx=tx)
+
+  if mesh is None:
+    return jax.jit(create)(rng)
+  shardings = parallel.state_sharding(jax.eval_shape(create, rng), mesh)
+  return jax.jit(create, out_shardings=shardings)(rng)
 
 
 def valid_loss(eval_step, params, packed, batch_size: int, mesh) -> float:
@@ -107,19 +111,28 @@ def valid_loss(eval_step, params, packed, batch_size: int, mesh) -> float:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, keeps the best checkpoint by config.eval.select_by, evaluates it; returns metrics."""
+  """Trains, keeps the best checkpoint by config.eval.select_by, evaluates it; returns metrics.
+
+  Multi-host: every process runs this (see minirec_jax/distributed.py) and reads its own slice
+  of each epoch; `config.train.batch_size` is the global batch.
+  """
+  distributed.initialize()
   os.makedirs(workdir, exist_ok=True)
   io_utils.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
   s = setup(config)
-  mesh = parallel.make_mesh(config.mesh.num_devices or None)
+  # Configs written before FSDP have no mesh.fsdp: plain data parallelism.
+  mesh = parallel.make_mesh(config.mesh.num_devices or None, fsdp=config.mesh.get('fsdp', 1))
   batch_size = config.train.batch_size
-  steps_per_epoch = len(s.train) // batch_size
+  local_batch_size = distributed.local_batch_size(batch_size)
+  shard = distributed.data_shard()
+  per_process = pipeline.examples_per_epoch(len(s.train), shard['shard_count'])
+  steps_per_epoch = per_process // local_batch_size
   if steps_per_epoch == 0:
     raise ValueError(f'{len(s.train)} packed sequences < batch size {batch_size}')
   total_steps = steps_per_epoch * config.train.epochs
   eval_every = config.train.eval_every_steps or steps_per_epoch
   rng = jax.random.key(config.seed)
-  state = init_state(s, config, total_steps, rng)
+  state = init_state(s, config, total_steps, rng, mesh)
   counts = decoder_lib.count_params(s.model_config)
   logging.info('model %s: %s params; %d packed train sequences, %d steps',
                config.model.variant, counts, len(s.train), total_steps)
@@ -128,8 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.ckpt.keep,
                                     best_metric=select_by,
                                     best_mode='min' if select_by == 'loss' else 'max')
-  data = pipeline.array_batches(_packed_arrays(s.train), batch_size, seed=config.seed,
-                                num_epochs=None).to_iter_dataset()
+  data = pipeline.array_batches(_packed_arrays(s.train), local_batch_size, seed=config.seed,
+                                num_epochs=None, **shard).to_iter_dataset()
   data_iter = iter(data)
   restored = ckpts.restore_latest(state)
   if restored is not None:
@@ -137,9 +150,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data_iter.set_state(data_state)
     logging.info('resumed at step %d', int(state.step))
 
-  apply_fn = make_apply_fn(s.model)
+  apply_fn = sft.decoder_apply_fn(s.model)
   recommender = generative.Recommender(s.model_config, s.sids, config.data.max_history)
-  train_step = parallel.jit_data_parallel(sft.make_sft_step(apply_fn), mesh)
+  train_step = parallel.jit_data_parallel(sft.make_sft_step(apply_fn), mesh,
+                                          state_sharding=parallel.state_sharding(state, mesh))
   eval_step = jax.jit(sft.make_sft_eval_step(apply_fn))
   writer = metric_logging.MetricWriter(workdir, tensorboard=config.log.tensorboard,
                                        enabled=jax.process_index() == 0)

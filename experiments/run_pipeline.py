@@ -1,0 +1,39 @@
+"""Every stage, dataset to evaluation, into one workdir; a re-run skips finished stages.
+
+  python experiments/run_pipeline.py --workdir workdirs/pipeline_ml100k
+  python experiments/run_pipeline.py --config configs/pipeline.py:dataset=industrial \
+      --workdir workdirs/pipeline_industrial [--config.sft.train.epochs=10 ...]
+
+Stages (one folder each): dataset, embeddings, semantic_ids, sft, sasrec, grpo, evaluation
+(see minirec_jax/experiment_pipeline.py). Prints the test metrics of SFT, SFT+GRPO and SASRec
+in the paper's Table-1 layout and writes them to <workdir>/results.md and results.json.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from minirec_jax import experiment_pipeline
+from minirec_jax.data.errors import DataError
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/pipeline.py',
+                                          'Pipeline config.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder per stage).',
+                               required=True)
+
+
+def main(argv):
+  del argv
+  try:
+    result = experiment_pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except (DataError, experiment_pipeline.StageMismatchError) as exc:
+    print(f'error: {exc}', file=sys.stderr)
+    sys.exit(2)
+  print(', '.join(f'{stage}: {state}' for stage, state in result.status.items()))
+  print(result.markdown)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,178 @@
+"""The end-to-end pipeline at tiny scale: markers, table, skip on re-run, resume, mismatches."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minirec_jax import experiment_pipeline as ep
+from minirec_jax.config_utils import load_config
+from minirec_jax.evaluation import predictions
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARY = os.path.join(REPO, 'experiments', 'run_pipeline.py')
+TABLE_ROWS = ('| SASRec |', '| minirec-jax SFT (tiny) |', '| minirec-jax SFT+GRPO (tiny) |')
+
+
+# One device instead of conftest's 4 fake ones: the sharded programs compile slower on 2
+# cores, and multi-device training has its own tests.
+MESH_STAGES = ('sft', 'sasrec', 'grpo')
+ONE_DEVICE = tuple(f'--config.{stage}.mesh.num_devices=1' for stage in MESH_STAGES)
+
+
+def _config(tfds_dir):
+  config = load_config('configs/pipeline.py:tiny')
+  config.dataset.data.data_dir = tfds_dir  # shared by every stage
+  for stage in MESH_STAGES:
+    config[stage].mesh.num_devices = 1
+  return config
+
+
+def _markers(workdir):
+  """stage -> (DONE.json text, its mtime in ns)."""
+  out = {}
+  for stage in ep.STAGES:
+    path = os.path.join(workdir, stage, ep.DONE_FILE)
+    with open(path) as f:
+      out[stage] = (f.read(), os.stat(path).st_mtime_ns)
+  return out
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  root = tmp_path_factory.mktemp('pipeline')
+  tfds_dir, workdir = str(root / 'tfds'), str(root / 'run')
+  result = ep.run(_config(tfds_dir), workdir)
+  return tfds_dir, workdir, result
+
+
+def test_every_stage_finishes_with_a_marker_and_the_table(finished):
+  tfds_dir, workdir, result = finished
+  assert result.status == {stage: 'ran' for stage in ep.STAGES}
+  keys = ep.stage_keys(ep.stages(_config(tfds_dir), workdir))
+  for stage in ep.STAGES:
+    with open(os.path.join(workdir, stage, ep.DONE_FILE)) as f:
+      done = json.load(f)
+    assert done['stage'] == stage and done['key'] == keys[stage] and done['seconds'] >= 0
+    assert os.path.isfile(os.path.join(workdir, stage, ep.CONFIG_FILE))
+  with open(os.path.join(workdir, 'grpo', ep.CONFIG_FILE)) as f:
+    grpo = json.load(f)
+  assert grpo['init_from'] == os.path.join(workdir, 'sft')
+  assert grpo['grpo']['reward_model'] == ''  # no collaborative reward by default
+  with open(os.path.join(workdir, 'sft', ep.CONFIG_FILE)) as f:
+    assert json.load(f)['sids']['path'] == os.path.join(workdir, 'semantic_ids')
+  with open(os.path.join(workdir, ep.CONFIG_FILE)) as f:
+    assert json.load(f)['dataset']['data']['data_dir'] == tfds_dir
+
+  with open(os.path.join(workdir, 'results.md')) as f:
+    markdown = f.read()
+  assert markdown == result.markdown
+  assert all(row in markdown for row in TABLE_ROWS)
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  # SFT/GRPO report on the first 32 test rows; SASRec ranks all, so the table uses those 32.
+  assert results['rows'] == 32 and results['split_rows'] > 32
+  sasrec = results['methods']['SASRec']
+  assert sasrec['rows_ranked'] == results['split_rows']
+  # On the same rows the table reproduces the SFT loop's own test metrics.
+  with open(os.path.join(workdir, 'sft', 'results.json')) as f:
+    sft_test = json.load(f)['test']
+  table_sft = results['methods']['minirec-jax SFT (tiny)']['metrics']
+  ranking_keys = [k for k in sft_test if k.split('@')[0] in ('hr', 'ndcg', 'mrr')]
+  assert ranking_keys
+  for key in ranking_keys:
+    assert table_sft[key] == pytest.approx(sft_test[key], abs=1e-12)
+
+
+def test_rerun_of_the_binary_skips_every_stage(finished):
+  tfds_dir, workdir, result = finished
+  before = _markers(workdir)
+  done = subprocess.run(
+      [sys.executable, BINARY, f'--config={os.path.join(REPO, "configs", "pipeline.py")}:tiny',
+       f'--config.dataset.data.data_dir={tfds_dir}', *ONE_DEVICE, f'--workdir={workdir}'],
+      capture_output=True, text=True, cwd=REPO)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert ', '.join(f'{s}: skipped' for s in ep.STAGES) in done.stdout
+  assert all(row in done.stdout for row in TABLE_ROWS)
+  assert _markers(workdir) == before
+
+
+def test_mistyped_field_is_an_error(tmp_path):
+  done = subprocess.run(
+      [sys.executable, BINARY, f'--config={os.path.join(REPO, "configs", "pipeline.py")}:tiny',
+       '--config.sft.train.epochz=2', f'--workdir={tmp_path / "run"}'],
+      capture_output=True, text=True, cwd=REPO)
+  assert done.returncode != 0 and 'epochz' in done.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_changed_config_names_the_field_and_the_folders_to_delete(finished):
+  tfds_dir, workdir, _ = finished
+  before = _markers(workdir)
+  config = _config(tfds_dir)
+  config.grpo.train.steps = 5
+  with pytest.raises(ep.StageMismatchError) as error:
+    ep.run(config, workdir)
+  message = str(error.value)
+  assert "'grpo'" in message and 'train.steps: 4 -> 5' in message
+  assert message.endswith(f'rm -r {workdir}/grpo {workdir}/evaluation')
+  assert _markers(workdir) == before
+
+
+def test_stage_without_marker_is_rerun_and_later_ones_kept(finished):
+  tfds_dir, workdir, result = finished
+  before = _markers(workdir)
+  os.remove(os.path.join(workdir, 'sasrec', ep.DONE_FILE))
+  again = ep.run(_config(tfds_dir), workdir)
+  assert again.status == {s: 'resumed' if s == 'sasrec' else 'skipped' for s in ep.STAGES}
+  after = _markers(workdir)
+  assert after['sasrec'][1] > before['sasrec'][1]
+  assert {s: m for s, m in after.items() if s != 'sasrec'} == {
+      s: m for s, m in before.items() if s != 'sasrec'}
+  # The loop resumed from its last checkpoint: same best parameters, same test metrics.
+  with open(os.path.join(workdir, 'sasrec', ep.DONE_FILE)) as f:
+    assert json.load(f)['outputs']['test'] == json.loads(before['sasrec'][0])['outputs']['test']
+  assert again.results == result.results
+
+
+def test_collaborative_reward_reads_the_pipelines_sasrec(tmp_path):
+  config = load_config('configs/pipeline.py:tiny')
+  plan = ep.stages(config, str(tmp_path))
+  assert plan['grpo'].deps == ('sft',) and plan['grpo'].config.grpo.reward_model == ''
+  config.grpo.grpo.rewards.collab = 0.5
+  plan = ep.stages(config, str(tmp_path))
+  assert plan['grpo'].deps == ('sft', 'sasrec')
+  assert plan['grpo'].config.grpo.reward_model == str(tmp_path / 'sasrec')
+  assert config.grpo.grpo.reward_model == ''  # the user's config is not modified
+  # A changed SASRec config now changes the GRPO stage's key as well.
+  before = ep.stage_keys(plan)
+  config.sasrec.train.epochs += 1
+  after = ep.stage_keys(ep.stages(config, str(tmp_path)))
+  assert all((before[s] != after[s]) == (s in ('sasrec', 'grpo', 'evaluation'))
+             for s in ep.STAGES)
+
+
+def test_evaluate_methods_uses_the_common_rows_and_sid_groups(tmp_path):
+  rows = {  # method -> [(sample_index, target, ranked items)]
+      'a': [(0, 1, [1, 2]), (1, 2, [3, 2]), (2, 5, [5])],
+      'b': [(0, 1, [4, 9]), (1, 2, [2, 1])],
+  }
+  dirs = {}
+  for name, samples in rows.items():
+    dirs[name] = str(tmp_path / name)
+    predictions.write(os.path.join(dirs[name], 'predictions_test.jsonl'), [
+        predictions.make_row('u', t, items, -np.arange(len(items), dtype=float),
+                             sample_index=i) for i, t, items in samples])
+    with open(os.path.join(dirs[name], 'results.json'), 'w') as f:
+      json.dump({'best_step': 7}, f)
+  groups = np.array([0, 1, 2, 3, 1, 5, 6, 7, 8, 9])  # item 4 shares item 1's SID
+  out = ep.evaluate_methods(dirs, (1, 2), {'a': None, 'b': groups})
+  assert out['rows'] == 2  # sample 2 was ranked by 'a' only
+  a, b = out['methods']['a'], out['methods']['b']
+  assert a['rows_ranked'] == 3 and b['checkpoint'] == 'step 7'
+  assert a['metrics']['hr@1'] == 0.5 and a['metrics']['ndcg@2'] == pytest.approx(
+      (1 + 1 / np.log2(3)) / 2)
+  assert b['metrics']['hr@1'] == 1.0  # 4 counts as 1 (same SID group); 2 hits at rank 0
