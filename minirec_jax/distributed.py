@@ -10,8 +10,9 @@ One process per host, each running the same program over the global device mesh:
 
 Settings come from `initialize`'s arguments, else the absl flags --coordinator_address,
 --num_processes, --process_id, else the environment variables JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES, JAX_PROCESS_ID. Without a coordinator address (or with one process) it is a
-single-process run and everything here is the identity.
+JAX_NUM_PROCESSES, JAX_PROCESS_ID; or --distributed_auto (MINIREC_DISTRIBUTED_AUTO=1) lets JAX
+detect a Cloud TPU pod slice, SLURM or Open MPI job itself. Without any of these (or with one
+process) it is a single-process run and everything here is the identity.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Number of JAX processes (or env JAX_NUM_PROCESSES).')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process, in [0, num_processes) (or env JAX_PROCESS_ID).')
+_AUTO = flags.DEFINE_bool(
+    'distributed_auto', False,
+    'Let jax.distributed.initialize() detect the cluster itself (Cloud TPU pod slices, SLURM, '
+    'Open MPI); or env MINIREC_DISTRIBUTED_AUTO=1.')
 
 
 def _setting(value, flag: flags.FlagHolder, env: str, cast):
@@ -54,6 +59,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   """
   if jax.distributed.is_initialized():
     return True
+  if _setting(None, _AUTO, 'MINIREC_DISTRIBUTED_AUTO', lambda t: t == '1'):
+    jax.distributed.initialize()
+    return jax.process_count() > 1
   address = _setting(coordinator_address, _COORDINATOR, 'JAX_COORDINATOR_ADDRESS', str)
   count = _setting(num_processes, _NUM_PROCESSES, 'JAX_NUM_PROCESSES', int)
   index = _setting(process_id, _PROCESS_ID, 'JAX_PROCESS_ID', int)
