@@ -156,6 +156,15 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
+def _rows(layer, x: jax.Array) -> jax.Array:
+  """Applies a position-wise layer to `x [..., d]` as one `[rows, d]` matrix.
+
+  XLA:CPU runs the backward pass of a dense layer on a 3-D `[b, s, d]` input about 2x slower
+  than on the same rows as a 2-D matrix (the kernel gradient contracts two axes).
+  """
+  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
 def _dense(config: DecoderConfig, features: int, bias: bool, name: str) -> nn.Dense:
   return nn.Dense(features, use_bias=bias, dtype=config.compute_dtype, kernel_init=_INIT,
                   name=name)
@@ -182,9 +191,9 @@ class Attention(nn.Module):
     """
     c = self.config
     b, s, _ = x.shape
-    q = _dense(c, c.num_heads * c.head_dim, c.qkv_bias, 'q_proj')(x)
-    k = _dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'k_proj')(x)
-    v = _dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'v_proj')(x)
+    q = _rows(_dense(c, c.num_heads * c.head_dim, c.qkv_bias, 'q_proj'), x)
+    k = _rows(_dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'k_proj'), x)
+    v = _rows(_dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'v_proj'), x)
     q = rope(q.reshape(b, s, c.num_heads, c.head_dim), positions, c.rope_theta)
     k = rope(k.reshape(b, s, c.num_kv_heads, c.head_dim), positions, c.rope_theta)
     v = v.reshape(b, s, c.num_kv_heads, c.head_dim)
@@ -201,7 +210,8 @@ class Attention(nn.Module):
       # Scores and softmax are float32; a fully masked row (left padding) stays finite.
       out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
                                          mask=mask[:, None])
-    out = _dense(c, c.width, False, 'o_proj')(out.reshape(b, s, c.num_heads * c.head_dim))
+    out = out.reshape(b, s, c.num_heads * c.head_dim)
+    out = _rows(_dense(c, c.width, False, 'o_proj'), out)
     return out, new_kv
 
 
@@ -264,7 +274,7 @@ class Block(nn.Module):
     x = x + attn
     h = RMSNorm(c.rms_eps, name='post_attention_layernorm')(x)
     if not c.num_experts:
-      return x + Mlp(c, name='mlp')(h), new_kv
+      return x + _rows(Mlp(c, name='mlp'), h), new_kv
     # Cached (decoding) calls never drop tokens, so generation is exact whatever the
     # training capacity. A token is real iff it may attend somewhere: every mask built here
     # lets a real token see itself and gives padding an all-False row.
@@ -311,10 +321,10 @@ class Decoder(nn.Module):
     # The final norm and the LM head run in float32 whatever the compute dtype.
     x = RMSNorm(c.rms_eps, name='norm')(x.astype(jnp.float32))
     if c.tie_embeddings:
-      logits = embed.attend(x)
+      logits = _rows(embed.attend, x)
     else:
-      logits = nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32, kernel_init=_INIT,
-                        name='lm_head')(x)
+      logits = _rows(nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32,
+                              kernel_init=_INIT, name='lm_head'), x)
     logits = logits.astype(jnp.float32)
     if cache is None:
       return logits
