@@ -142,6 +142,9 @@ def test_dynamic_sampling_keeps_distinct_items_and_the_target():
   assert np.asarray(items[0, keep[0]]).tolist() == [9, 4, 2]
 
 
+_log_probs = jax.jit(prompted.completion_log_probs, static_argnames='config')
+
+
 def test_shared_prompt_log_probs_equal_a_full_forward_pass():
   _, vocab, config, _, _, _, _, params = _toy()
   rng = np.random.default_rng(3)
@@ -151,16 +154,16 @@ def test_shared_prompt_log_probs_equal_a_full_forward_pass():
   mask = jnp.asarray(np.arange(t)[None] >= (t - lengths)[:, None])
   positions = jnp.maximum(jnp.arange(t)[None] - (t - jnp.asarray(lengths))[:, None], 0)
   completion = jnp.asarray(rng.integers(1, vocab.vocab_size, (b, g, num)), jnp.int32)
-  lp = prompted.completion_log_probs(config, params, tokens, positions, mask, completion)
+  lp = _log_probs(config, params, tokens, positions, mask, completion)
   assert lp.shape == (b, g, num)
+  forward = jax.jit(lambda full: decoder_lib.Decoder(config).apply(
+      {'params': params}, full, jnp.arange(full.shape[1])[None]))
   for i in range(b):
     for j in range(g):
-      full = jnp.concatenate([tokens[i, t - lengths[i]:], completion[i, j]])[None]
-      logits = decoder_lib.Decoder(config).apply({'params': params}, full,
-                                                 jnp.arange(full.shape[1])[None])
+      logits = forward(jnp.concatenate([tokens[i, t - lengths[i]:], completion[i, j]])[None])
       want = jax.nn.log_softmax(logits[0, -num - 1:-1])[jnp.arange(num), completion[i, j]]
       np.testing.assert_allclose(lp[i, j], want, atol=2e-5)
-  flat = prompted.completion_log_probs(config, params, tokens, positions, mask, completion[:, 0])
+  flat = _log_probs(config, params, tokens, positions, mask, completion[:, 0])
   np.testing.assert_allclose(flat, lp[:, 0], atol=1e-6)
 
 
@@ -175,14 +178,13 @@ def test_sft_anchor_adds_the_weighted_target_nll():
            'items': roll.items, 'codes': roll.codes}
   losses = {}
   for weight in (0.0, 0.5):
-    step = step_lib.make_grpo_step(
+    step = jax.jit(step_lib.make_grpo_step(
         config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
         item_to_group=trie.item_to_group, codes_table=trie.codes, weights={'rule': 1.0},
-        sft_weight=weight)
+        sft_weight=weight))
     state = sft.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.0))
     losses[weight] = step(state, params, None, batch, jax.random.key(0))[1]
   completion = jnp.asarray(vocab.item_tokens(codes)[np.asarray(targets)])
-  nll = -float(prompted.completion_log_probs(config, params, prompts, positions, mask,
-                                             completion).mean())
+  nll = -float(_log_probs(config, params, prompts, positions, mask, completion).mean())
   np.testing.assert_allclose(losses[0.5]['target_nll'], nll, rtol=1e-5)
   np.testing.assert_allclose(losses[0.5]['loss'] - losses[0.0]['loss'], 0.5 * nll, rtol=1e-4)
