@@ -2,7 +2,7 @@
 
   python experiments/sweep_report.py --root=workdirs/sweep --output=docs/sweep
 
-Per run: non-embedding parameters N, training compute C = train FLOPs/token x tokens seen,
+Per run: (active) non-embedding parameters N, training compute C = train FLOPs/token x tokens seen,
 the best validation loss, and test HR@10/NDCG@10 of the kept checkpoint. Fits: loss vs N and
 loss vs C (power laws with 95% intervals), and loss vs (N, D) when several data fractions
 were run. Plots need matplotlib (`pip install matplotlib`; not a runtime dependency).
@@ -39,7 +39,11 @@ def collect(root: str) -> list[dict]:
     tokens = steps * config['train']['batch_size'] * config['train']['seq_len']
     rows.append({
         'run': os.path.basename(workdir), 'width': model.get('model/width', None),
-        'non_embedding_params': model['model/non_embedding_params'],
+        # Active parameters (equal to all non-embedding ones for dense models), so dense and
+        # mixture-of-experts runs compare at matched per-token size.
+        'non_embedding_params': model.get('model/active_non_embedding_params',
+                                          model['model/non_embedding_params']),
+        'variant': config['model'].get('variant'),
         'params': model['model/params'], 'data_fraction': config['train'].get('data_fraction', 1.0),
         'tokens': tokens, 'compute': model['model/train_flops_per_token'] * tokens,
         'best_valid_loss': min(losses), 'test_hr@10': results['test']['hr@10'],
