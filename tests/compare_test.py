@@ -37,3 +37,12 @@ def test_rows_must_match(tmp_path):
     compare.paired_differences(a, b)
   with pytest.raises(DataError, match='has 1 rows'):
     compare.paired_differences(a, _write(tmp_path / 'c.jsonl', [[7]]))
+
+
+def test_mean_and_spread_over_runs():
+  summary = compare.mean_and_spread([{'hr@10': 0.1, 'x': 1.0}, {'hr@10': 0.3}])
+  assert set(summary) == {'hr@10'}
+  assert summary['hr@10'][0] == pytest.approx(0.2)
+  assert summary['hr@10'][1] == pytest.approx(np.std([0.1, 0.3], ddof=1))
+  with pytest.raises(ValueError):
+    compare.mean_and_spread([])

@@ -67,3 +67,15 @@ def paired_differences(path_a: str | os.PathLike, path_b: str | os.PathLike,
     out.append(PairedDifference(metric, float(a[metric].mean()), float(b[metric].mean()),
                                 float(d.mean()), stderr, n))
   return out
+
+
+def mean_and_spread(runs: Sequence[dict[str, float]]) -> dict[str, tuple[float, float]]:
+  """{metric: (mean, sample std)} over runs (e.g. seeds) of the metrics they all report."""
+  if not runs:
+    raise ValueError('no runs to summarise')
+  shared = set(runs[0]).intersection(*runs[1:])
+  out = {}
+  for metric in sorted(shared):
+    values = np.asarray([run[metric] for run in runs], np.float64)
+    out[metric] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+  return out

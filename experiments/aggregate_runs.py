@@ -1,0 +1,42 @@
+"""Mean and spread of runs' metrics (e.g. seeds of one config) from their results.json.
+
+  python experiments/aggregate_runs.py --runs=workdirs/sft_s0,workdirs/sft_s1,workdirs/sft_s2 \
+      [--split=test] [--ks=3,5,10] [--output=summary.json]
+
+Prints one Markdown row per metric family: mean +- sample standard deviation over the runs.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+
+from minirec_jax import io_utils
+from minirec_jax.evaluation import compare
+
+_RUNS = flags.DEFINE_list('runs', None, 'Workdirs with a results.json.', required=True)
+_SPLIT = flags.DEFINE_string('split', 'test', 'Split in results.json.')
+_KS = flags.DEFINE_list('ks', ['3', '5', '10'], 'Cut-offs K.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
+
+
+def main(argv):
+  del argv
+  metrics = []
+  for run in _RUNS.value:
+    with open(os.path.join(run, 'results.json'), encoding='utf-8') as f:
+      metrics.append(json.load(f)[_SPLIT.value])
+  summary = compare.mean_and_spread(metrics)
+  wanted = [f'{m}@{k}' for k in _KS.value for m in ('hr', 'ndcg', 'mrr')]
+  print(f'{len(metrics)} runs, {_SPLIT.value}')
+  print('| ' + ' | '.join(wanted) + ' |')
+  print('|' + '---|' * len(wanted))
+  print('| ' + ' | '.join(f'{summary[m][0]:.4f} +- {summary[m][1]:.4f}' for m in wanted) + ' |')
+  if _OUTPUT.value:
+    io_utils.write_json(_OUTPUT.value, {'runs': _RUNS.value, 'split': _SPLIT.value,
+                                        'mean_std': summary})
+
+
+if __name__ == '__main__':
+  app.run(main)
