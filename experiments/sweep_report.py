@@ -54,6 +54,7 @@ def collect(root: str) -> list[dict]:
 def plot(rows, fits, folder):
   import matplotlib
   matplotlib.use('Agg')
+  import matplotlib.ticker
   import matplotlib.pyplot as plt
   full = [r for r in rows if r['data_fraction'] == max(x['data_fraction'] for x in rows)]
   panels = [('non_embedding_params', 'best_valid_loss', 'loss_vs_params.png', 'params'),
@@ -70,6 +71,7 @@ def plot(rows, fits, folder):
               label=f"alpha={fits[fit_key]['alpha']:.3f}±{1.96 * fits[fit_key]['alpha_stderr']:.3f}")
       ax.legend()
     ax.set_xscale('log')
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # unreadable when dense
     ax.set_xlabel(x_key.replace('_', ' '))
     ax.set_ylabel(y_key.replace('_', ' '))
     fig.tight_layout()
