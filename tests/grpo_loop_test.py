@@ -7,7 +7,7 @@ import pytest
 
 from minirec_jax.config_utils import load_config
 from minirec_jax.data import synthetic
-from minirec_jax.testing import write_official_layout
+from minirec_jax.testing import write_synthetic_layout
 from minirec_jax.training import grpo_loop
 from minirec_jax.training import sft_loop
 
@@ -17,11 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def sft_workdir(tmp_path_factory):
   root = tmp_path_factory.mktemp('grpo_loop')
-  data = synthetic.generate(synthetic.SyntheticParams(num_items=40, num_clusters=4,
-                                                      num_users=50, seed=1))
-  rows = {name: [(s.user_id, s.history, s.target) for s in samples]
-          for name, samples in data.splits.items()}
-  data_root = write_official_layout(str(root / 'data'), 'Toy', num_items=40, rows=rows)
+  data_root = write_synthetic_layout(str(root / 'data'), synthetic.SyntheticParams(
+      num_items=40, num_clusters=4, num_users=50, seed=1))
   config = load_config(os.path.join(REPO, 'configs', 'sft.py') + ':dataset=industrial,tiny')
   config.data.category = 'Toy'
   config.data.manual_dir = data_root

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from minirec_jax.data import synthetic
-from minirec_jax.testing import write_official_layout
+from minirec_jax.testing import write_synthetic_layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,12 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
   """A small dataset in the official layout (with SIDs), made from the synthetic generator."""
-  data = synthetic.generate(synthetic.SyntheticParams(num_items=60, num_clusters=6,
-                                                      num_users=80, seed=0))
-  rows = {name: [(s.user_id, s.history, s.target) for s in samples]
-          for name, samples in data.splits.items()}
-  return write_official_layout(str(tmp_path_factory.mktemp('data')), 'Toy', num_items=60,
-                               rows=rows)
+  return write_synthetic_layout(str(tmp_path_factory.mktemp('data')), synthetic.SyntheticParams(
+      num_items=60, num_clusters=6, num_users=80, seed=0))
 
 
 def _command(data_root, workdir):

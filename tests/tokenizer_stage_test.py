@@ -14,7 +14,7 @@ from minirec_jax.data import loading
 from minirec_jax.data import synthetic
 from minirec_jax.semantic_ids import catalogue
 from minirec_jax.semantic_ids import stage
-from minirec_jax.testing import write_official_layout
+from minirec_jax.testing import write_synthetic_layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,12 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def workspace(tmp_path_factory):
   root = tmp_path_factory.mktemp('tok')
-  data = synthetic.generate(synthetic.SyntheticParams(num_items=60, num_clusters=6,
-                                                      num_users=80, seed=0))
-  rows = {name: [(s.user_id, s.history, s.target) for s in samples]
-          for name, samples in data.splits.items()}
-  layout = write_official_layout(str(root / 'data'), 'Toy', num_items=60, rows=rows,
-                                 with_sids=False, with_info=False)
+  params = synthetic.SyntheticParams(num_items=60, num_clusters=6, num_users=80, seed=0)
+  data = synthetic.generate(params)  # its planted clusters make the item vectors below
+  layout = write_synthetic_layout(str(root / 'data'), params, with_sids=False, with_info=False)
   rng = np.random.default_rng(0)
   centres = rng.normal(size=(6, 24))
   vectors = centres[data.planted.item_cluster] + 0.1 * rng.normal(size=(60, 24))

@@ -6,6 +6,8 @@ import csv
 import json
 import os
 
+from minirec_jax.data import synthetic
+
 
 def write_official_layout(root: str, category: str = 'Toy', *, num_items: int = 6,
                           rows: dict[str, list[tuple[str, list[int], int]]] | None = None,
@@ -50,3 +52,12 @@ def write_official_layout(root: str, category: str = 'Toy', *, num_items: int = 
         writer.writerow([user, repr([title(i) for i in history]), title(target), repr(history),
                          target, repr([sid(i) for i in history]), sid(target)])
   return root
+
+
+def write_synthetic_layout(root: str, params, category: str = 'Toy', **kwargs) -> str:
+  """`write_official_layout` of the synthetic dataset generated from `params`
+  (`data.synthetic.SyntheticParams`); extra keyword arguments go to `write_official_layout`."""
+  data = synthetic.generate(params)
+  rows = {name: [(s.user_id, s.history, s.target) for s in samples]
+          for name, samples in data.splits.items()}
+  return write_official_layout(root, category, num_items=params.num_items, rows=rows, **kwargs)
