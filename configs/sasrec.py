@@ -54,6 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # SASRec: pack short histories into shared rows (same per-sample math, no compute on padding).
   config.train.pack = variant in sasrec.PRESETS
   config.train.pack_row_multiple = 64    # packed row counts are rounded to this (compiles)
+  # Packing: a history that is a prefix of another in its batch reads that one's segment, and
+  # epochs shuffle such chains (one user's first rows) as units so that they share batches.
+  # Same per-sample outputs; only batch composition and shared dropout noise differ.
+  config.train.share_prefixes = config.train.pack
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 1e-3

@@ -28,6 +28,9 @@ _DATASETS = flags.DEFINE_list('datasets', ['ml100k_loo', 'industrial'], 'Dataset
 _VARIANT = flags.DEFINE_string('variant', 'recbole', 'official | recbole | bpr.')
 _EPOCHS = flags.DEFINE_integer('epochs', 3, 'Timed epochs per dataset.')
 _TINY = flags.DEFINE_bool('tiny', False, 'Smoke check: tiny model, a few steps per epoch.')
+_SHARE = flags.DEFINE_list(
+    'share_prefixes', ['config'],
+    "Values of train.share_prefixes to time, each a row: 'config' (the preset's), true, false.")
 _DATA_DIR = flags.DEFINE_string('data_dir', '', 'TFDS folder (default: the project cache).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path (list of rows).')
 
@@ -35,9 +38,11 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path (list o
 PEER_SECONDS_PER_EPOCH = {'ml100k_loo': 123.1, 'industrial': 6.8}
 
 
-def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool) -> dict:
+def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool, share: str) -> dict:
   config = load_config(f'configs/sasrec.py:dataset={dataset},variant={variant}'
                        + (',tiny' if tiny else ''))
+  if share != 'config':
+    config.train.share_prefixes = share.lower() == 'true'
   if _DATA_DIR.value:
     config.data.data_dir = _DATA_DIR.value
   s = sasrec.setup(config)
@@ -50,13 +55,15 @@ def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool) -> dict:
   batch_size = config.train.batch_size
   max_steps = config.train.max_steps_per_epoch
   packer = sasrec.make_packer(s.ranker, config, mesh)
+  group = sasrec.shares_prefixes(config)
   first = next(iter(sasrec.epoch_batches(train, batch_size=batch_size, seed=config.seed,
-                                         epoch=0)))
+                                         epoch=0, group_prefixes=group)))
   if packer is not None:
     # As train_sasrec does: fix the packed row count from the epochs to come.
     for epoch in range(epochs):
       packer.warm_up(sasrec.epoch_batches(train, batch_size=batch_size, seed=config.seed,
-                                          epoch=epoch, max_steps=max_steps))
+                                          epoch=epoch, max_steps=max_steps,
+                                          group_prefixes=group))
     first = packer(first)
   start = time.perf_counter()
   state, metrics = step_fn(state, parallel.shard_batch(first, mesh), rng)
@@ -66,7 +73,7 @@ def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool) -> dict:
   for epoch in range(epochs):
     state, out = sasrec.train_epoch(step_fn, state, train, batch_size=batch_size,
                                     seed=config.seed, epoch=epoch, mesh=mesh, rng=rng,
-                                    max_steps=max_steps, packer=packer)
+                                    max_steps=max_steps, packer=packer, group_prefixes=group)
     seconds.append(out['epoch_seconds'])
     steps = out['steps']
   per_epoch = statistics.median(seconds)
@@ -80,6 +87,7 @@ def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool) -> dict:
       'examples_per_s': round(steps * batch_size / per_epoch, 1),
       'final_loss': out['loss'],
       'packed_rows': packer.rows if packer is not None else None,
+      'share_prefixes': group,
       'peer_recbole_seconds_per_epoch': None if tiny else PEER_SECONDS_PER_EPOCH.get(dataset),
   }
 
@@ -88,9 +96,10 @@ def main(argv):
   del argv
   rows = []
   for dataset in _DATASETS.value:
-    row = time_dataset(dataset, _VARIANT.value, _EPOCHS.value, _TINY.value)
-    print(json.dumps(row), flush=True)
-    rows.append(row)
+    for share in _SHARE.value:
+      row = time_dataset(dataset, _VARIANT.value, _EPOCHS.value, _TINY.value, share)
+      print(json.dumps(row), flush=True)
+      rows.append(row)
   if _OUTPUT.value:
     io_utils.write_json(_OUTPUT.value, rows)
 

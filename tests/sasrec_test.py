@@ -87,6 +87,66 @@ def test_last_position_shortcut_equals_the_full_sequence_output(variant):
   np.testing.assert_allclose(last, every[jnp.arange(5), lengths - 1], atol=1e-5)
 
 
+def _user_windows(num_items, max_len, seed):
+  """Training rows as the data pipeline makes them: for every user and step, the last
+  `max_len` items before it; so a user's first rows are prefixes of each other."""
+  rs = np.random.default_rng(seed)
+  history, lengths = [], []
+  for _ in range(5):
+    items = rs.integers(0, num_items, rs.integers(2, 2 * max_len))
+    for t in range(1, len(items)):
+      window = items[max(0, t - max_len):t]
+      history.append(np.pad(window, (0, max_len - len(window)), constant_values=-1))
+      lengths.append(len(window))
+  return np.stack(history).astype(np.int32), np.asarray(lengths, np.int32)
+
+
+def test_prefix_representatives_are_longest_extensions():
+  history, lengths = _user_windows(11, 6, seed=3)
+  rep = sasrec.prefix_representatives(history, lengths)
+  n = len(lengths)
+  as_tuples = [tuple(history[i, :lengths[i]]) for i in range(n)]
+  for i in range(n):
+    r = rep[i]
+    assert as_tuples[r][:lengths[i]] == as_tuples[i]      # i is a prefix of its representative
+    assert rep[r] == r                                    # representatives are fixed points
+    # nothing extends a representative (other than an identical history)
+    assert not any(len(t) > len(as_tuples[r]) and t[:len(as_tuples[r])] == as_tuples[r]
+                   for t in as_tuples)
+  # A user's first rows (lengths 1 .. max_len) collapse into one representative each.
+  assert len(np.unique(rep)) < n - 10
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.parametrize('share_prefixes', [False, True])
+def test_packed_batches_give_the_per_row_outputs(variant, share_prefixes):
+  config, params = _tiny(variant, num_items=11, max_len=6, num_blocks=2)
+  history, lengths = _user_windows(config.num_items, config.max_len, seed=4)
+  keep = np.ones(len(lengths), bool)
+  keep[::7] = False  # batch padding rows point nowhere and are skipped
+  packed = sasrec.pack(history, lengths, keep, row_multiple=4, share_prefixes=share_prefixes)
+  assert len(packed.tokens) % 4 == 0
+  model = sasrec.SASRec(config)
+  out = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, packed)
+  expected = _apply(config, sasrec.SASRec.all_logits)(params, history, lengths)
+  np.testing.assert_allclose(out[keep], expected[keep], atol=1e-5)
+  unshared = sasrec.pack(history, lengths, keep)
+  if share_prefixes:  # shared prefixes are packed once: fewer filled slots
+    assert (packed.segments > 0).sum() < (unshared.segments > 0).sum()
+
+
+def test_grouped_epoch_order_keeps_groups_together():
+  groups = np.repeat(np.arange(30), np.arange(1, 31))[::-1].copy()
+  order = train_lib.epoch_order(len(groups), seed=0, epoch=1, groups=groups)
+  assert sorted(order) == list(range(len(groups)))
+  runs = groups[order]
+  assert (np.diff(runs) != 0).sum() == 29  # each group is one contiguous run
+  again = train_lib.epoch_order(len(groups), seed=0, epoch=1, groups=groups)
+  np.testing.assert_array_equal(order, again)
+  assert not np.array_equal(order, train_lib.epoch_order(len(groups), seed=0, epoch=2,
+                                                         groups=groups))
+
+
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_score_and_score_all_agree_and_jit(variant):
   config, params = _tiny(variant)

@@ -26,6 +26,7 @@ per batch of 2048, a quarter of an Industrial training step).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -76,6 +77,11 @@ class SplitArrays:
 
   def __len__(self) -> int:
     return len(self.target)
+
+  @functools.cached_property
+  def prefix_groups(self) -> np.ndarray:
+    """`[n]`: rows whose histories are prefixes of one history share a group id."""
+    return sasrec_lib.prefix_representatives(self.history, self.history_len)
 
   def columns(self, with_index: bool = False) -> dict[str, np.ndarray]:
     out = {name: getattr(self, name) for name in _COLUMNS}
@@ -139,9 +145,10 @@ def sasrec_config(config: ml_collections.ConfigDict, num_items: int) -> sasrec_l
       activation=m.activation, dropout_rng=m.dropout_rng)
 
 
-def _packed_batch(batch: dict, row_multiple: int, min_rows: int) -> dict:
+def _packed_batch(batch: dict, row_multiple: int, min_rows: int, *,
+                  share_prefixes: bool = False) -> dict:
   packed = sasrec_lib.pack(batch['history'], batch['history_len'], batch['valid'],
-                           row_multiple, min_rows)
+                           row_multiple, min_rows, share_prefixes=share_prefixes)
   return {**packed._asdict(), 'target': batch['target'], 'valid': batch['valid']}
 
 
@@ -167,8 +174,10 @@ class BatchPacker:
       self(batch)
 
 
-def sasrec_ranker(model_config: sasrec_lib.SASRecConfig, *, pack: bool = True) -> Ranker:
-  """SASRec; with `pack`, training batches are packed (exactly the same per-sample math)."""
+def sasrec_ranker(model_config: sasrec_lib.SASRecConfig, *, pack: bool = True,
+                  share_prefixes: bool = False) -> Ranker:
+  """SASRec; with `pack`, training batches are packed (exactly the same per-sample math), and
+  with `share_prefixes` a history that is a prefix of another in its batch reuses its segment."""
   model = sasrec_lib.SASRec(model_config)
   fields = sasrec_lib.Packed._fields
 
@@ -183,7 +192,7 @@ def sasrec_ranker(model_config: sasrec_lib.SASRecConfig, *, pack: bool = True) -
   return Ranker(lambda rng: sasrec_lib.init_params(model_config, rng), logits,
                 {'kind': 'sasrec', **dataclasses.asdict(model_config),
                  'num_params': sasrec_lib.count_params(model_config)},
-                _packed_batch if pack else None)
+                functools.partial(_packed_batch, share_prefixes=share_prefixes) if pack else None)
 
 
 def bpr_ranker(model_config: baselines.BPRConfig, max_history: int) -> Ranker:
@@ -327,7 +336,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   num_users = index_users(splits)
   n = dataset.num_items
   if variant in SASREC_VARIANTS:
-    ranker = sasrec_ranker(sasrec_config(config, n), pack=config.train.pack)
+    ranker = sasrec_ranker(sasrec_config(config, n), pack=config.train.pack,
+                           share_prefixes=shares_prefixes(config))
   elif variant == 'bpr':
     ranker = bpr_ranker(baselines.BPRConfig(num_items=n, num_users=num_users,
                                             dim=config.model.dim,
@@ -369,11 +379,36 @@ def row_batches(columns: dict[str, np.ndarray], batch_size: int,
     yield batch
 
 
+def epoch_order(n: int, *, seed: int, epoch: int, groups: np.ndarray | None = None) -> np.ndarray:
+  """A permutation of n rows fixed by (seed, epoch); with `groups` (int `[n]`), the groups are
+  shuffled as units and each group's rows stay together (in shuffled order)."""
+  rng = np.random.default_rng((seed, epoch))
+  if groups is None:
+    return rng.permutation(n)
+  _, group = np.unique(groups, return_inverse=True)
+  group_rank = rng.permutation(group.max() + 1)[group]
+  return np.lexsort((rng.random(n), group_rank))
+
+
 def epoch_batches(train: SplitArrays, *, batch_size: int, seed: int, epoch: int,
-                  max_steps: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """The training batches of one epoch: shuffled by (seed, epoch), last one padded."""
-  order = np.random.default_rng((seed, epoch)).permutation(len(train))
+                  max_steps: int = 0,
+                  group_prefixes: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """The training batches of one epoch: shuffled by (seed, epoch), last one padded.
+
+  `group_prefixes`: histories that are prefixes of one history (e.g. one user's first rows)
+  are kept in the same batches, so that prefix sharing (`sasrec_lib.pack`) finds them. This
+  shuffles chains of rows rather than rows: every row is still seen once per epoch.
+  """
+  order = epoch_order(len(train), seed=seed, epoch=epoch,
+                      groups=train.prefix_groups if group_prefixes else None)
   return itertools.islice(row_batches(train.columns(), batch_size, order), max_steps or None)
+
+
+def shares_prefixes(config: ml_collections.ConfigDict) -> bool:
+  """Whether training packs prefix histories into their extension's segment (and so keeps
+  them in the same batches)."""
+  return bool(config.model.variant in SASREC_VARIANTS and config.train.pack
+              and config.train.share_prefixes)
 
 
 def make_packer(ranker: Ranker, config: ml_collections.ConfigDict, mesh) -> BatchPacker | None:
@@ -385,15 +420,17 @@ def make_packer(ranker: Ranker, config: ml_collections.ConfigDict, mesh) -> Batc
 
 def train_epoch(step_fn: Callable, state: TrainState, train: SplitArrays, *, batch_size: int,
                 seed: int, epoch: int, mesh, rng: jax.Array, max_steps: int = 0,
-                packer: BatchPacker | None = None) -> tuple[TrainState, dict[str, float]]:
+                packer: BatchPacker | None = None,
+                group_prefixes: bool = False) -> tuple[TrainState, dict[str, float]]:
   """One shuffled pass (order fixed by seed and epoch); returns mean loss and timings.
 
-  `packer` rewrites each batch on the host before it goes to the devices.
+  `packer` rewrites each batch on the host before it goes to the devices; `group_prefixes`
+  as in `epoch_batches`.
   """
   start = time.perf_counter()
   losses = []
   for batch in epoch_batches(train, batch_size=batch_size, seed=seed, epoch=epoch,
-                             max_steps=max_steps):
+                             max_steps=max_steps, group_prefixes=group_prefixes):
     if packer is not None:
       batch = packer(batch)
     state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), rng)
@@ -495,11 +532,13 @@ def _train(config, workdir, s: Setup, mesh, eval_fn, writer, eval_kwargs):
       make_train_step(s.ranker, config.train.loss, s.num_items), mesh)
   rng = jax.random.key(config.seed + 1)
   packer = make_packer(s.ranker, config, mesh)
+  group = shares_prefixes(config)
   if packer is not None:
     # The largest packed batch of the first epoch to train fixes the row count up front.
     packer.warm_up(epoch_batches(s.splits['train'], batch_size=batch_size, seed=config.seed,
                                  epoch=progress['epoch'],
-                                 max_steps=config.train.max_steps_per_epoch))
+                                 max_steps=config.train.max_steps_per_epoch,
+                                 group_prefixes=group))
   epoch_seconds = []
   while (progress['epoch'] < config.train.epochs and
          progress['since_best'] <= config.train.patience):
@@ -507,7 +546,7 @@ def _train(config, workdir, s: Setup, mesh, eval_fn, writer, eval_kwargs):
     state, train_metrics = train_epoch(step_fn, state, s.splits['train'], batch_size=batch_size,
                                        seed=config.seed, epoch=epoch, mesh=mesh, rng=rng,
                                        max_steps=config.train.max_steps_per_epoch,
-                                       packer=packer)
+                                       packer=packer, group_prefixes=group)
     metric_logging.check_finite(int(state.step), train_metrics)
     epoch_seconds.append(train_metrics['epoch_seconds'])
     step = int(state.step)
