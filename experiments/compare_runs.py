@@ -7,6 +7,8 @@ Reads `<workdir>/predictions_<split>.jsonl` of each run (or a .jsonl path given 
 prints, per metric, the baseline value, the run's value and the paired difference +- its
 standard error over the shared rows. Items sharing a SID count as the same item when the
 baseline workdir has an item_groups.npy (written by the training loops) or --item_groups is given.
+`--train_metrics=zero_advantage_groups,kl` adds a table of training metrics from each run's
+metrics.jsonl: the mean over logged steps, and the last value.
 """
 
 import os
@@ -30,7 +32,10 @@ _METRICS = flags.DEFINE_list('metrics', ['hr', 'ndcg'], 'Metric families to prin
 _ITEM_GROUPS = flags.DEFINE_string(
     'item_groups', None, 'Item -> group .npy (items sharing a SID count as one); default: the '
     "baseline workdir's item_groups.npy if present.")
+_TRAIN_METRICS = flags.DEFINE_list(
+    'train_metrics', [], "Training metrics (names after 'train/') to summarise per run.")
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
+
 
 
 def _predictions_path(run: str) -> str:
@@ -61,9 +66,17 @@ def main(argv):
   base = next(iter(results.values()))
   print(f'| baseline {_BASELINE.value} | '
         + ' | '.join(f'{base[m]["a"]:.4f}' for m in wanted) + ' |')
+  train = {}
+  if _TRAIN_METRICS.value:
+    print('\n| run | ' + ' | '.join(f'{n} (mean / last)' for n in _TRAIN_METRICS.value) + ' |')
+    print('|---|' + '---|' * len(_TRAIN_METRICS.value))
+    for run in _RUNS.value:
+      train[run] = compare.train_summary(run, _TRAIN_METRICS.value)
+      print(f'| {run} | ' + ' | '.join(f'{v["mean"]:.4g} / {v["last"]:.4g}'
+                                        for v in train[run].values()) + ' |')
   if _OUTPUT.value:
     io_utils.write_json(_OUTPUT.value, {'baseline': _BASELINE.value, 'split': _SPLIT.value,
-                                        'runs': results})
+                                        'runs': results, 'train': train})
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from minirec_jax import metric_logging
 from minirec_jax.data.errors import DataError
 from minirec_jax.evaluation import compare
 from minirec_jax.evaluation import predictions
@@ -46,3 +47,14 @@ def test_mean_and_spread_over_runs():
   assert summary['hr@10'][1] == pytest.approx(np.std([0.1, 0.3], ddof=1))
   with pytest.raises(ValueError):
     compare.mean_and_spread([])
+
+
+def test_train_summary_means_logged_steps(tmp_path):
+  writer = metric_logging.MetricWriter(str(tmp_path))
+  writer.write(0, {'hr@10': 0.1}, prefix='valid/')
+  for step, value in [(5, 0.5), (10, 0.25), (15, 0.0)]:
+    writer.write(step, {'zero_advantage_groups': value}, prefix='train/')
+  writer.close()
+  out = compare.train_summary(tmp_path, ['zero_advantage_groups', 'kl'])
+  assert out['zero_advantage_groups'] == {'mean': 0.25, 'last': 0.0}
+  assert np.isnan(out['kl']['mean']) and np.isnan(out['kl']['last'])

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from minirec_jax import metric_logging
 from minirec_jax.data.errors import DataError
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
@@ -78,4 +79,17 @@ def mean_and_spread(runs: Sequence[dict[str, float]]) -> dict[str, tuple[float, 
   for metric in sorted(shared):
     values = np.asarray([run[metric] for run in runs], np.float64)
     out[metric] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+  return out
+
+
+def train_summary(workdir: str | os.PathLike,
+                  names: Sequence[str]) -> dict[str, dict[str, float]]:
+  """Per training metric `train/<name>` in a run's metrics.jsonl: the mean over the logged steps
+  and the last logged value (NaN for a metric never logged)."""
+  rows = metric_logging.read_metrics(os.fspath(workdir))
+  out = {}
+  for name in names:
+    values = [row[f'train/{name}'] for row in rows if f'train/{name}' in row]
+    out[name] = {'mean': float(np.mean(values)) if values else float('nan'),
+                 'last': float(values[-1]) if values else float('nan')}
   return out
