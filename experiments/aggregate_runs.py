@@ -3,7 +3,9 @@
   python experiments/aggregate_runs.py --runs=workdirs/sft_s0,workdirs/sft_s1,workdirs/sft_s2 \
       [--split=test] [--ks=3,5,10] [--output=summary.json]
 
-Prints one Markdown row per metric family: mean +- sample standard deviation over the runs.
+Prints one Markdown row per metric family: mean +- sample standard deviation over the runs,
+then the standard error of one run's metric over its rows (from predictions_<split>.jsonl, the
+mean over the runs): the yardstick for "within one standard error of a peer".
 """
 
 import json
@@ -33,9 +35,13 @@ def main(argv):
   print('| ' + ' | '.join(wanted) + ' |')
   print('|' + '---|' * len(wanted))
   print('| ' + ' | '.join(f'{summary[m][0]:.4f} +- {summary[m][1]:.4f}' for m in wanted) + ' |')
+  stderr = compare.row_standard_errors(
+      [os.path.join(run, f'predictions_{_SPLIT.value}.jsonl') for run in _RUNS.value],
+      [int(k) for k in _KS.value])
+  print('| ' + ' | '.join(f's.e. {stderr[m]:.4f}' for m in wanted) + ' |')
   if _OUTPUT.value:
     io_utils.write_json(_OUTPUT.value, {'runs': _RUNS.value, 'split': _SPLIT.value,
-                                        'mean_std': summary})
+                                        'mean_std': summary, 'row_standard_error': stderr})
 
 
 if __name__ == '__main__':

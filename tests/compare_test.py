@@ -58,3 +58,10 @@ def test_train_summary_means_logged_steps(tmp_path):
   out = compare.train_summary(tmp_path, ['zero_advantage_groups', 'kl'])
   assert out['zero_advantage_groups'] == {'mean': 0.25, 'last': 0.0}
   assert np.isnan(out['kl']['mean']) and np.isnan(out['kl']['last'])
+
+
+def test_row_standard_errors(tmp_path):
+  path = _write(tmp_path / 'a.jsonl', [[7, 2], [3, 7], [5, 6], [7, 4]])  # target 7
+  out = compare.row_standard_errors([path, path], [1])
+  hits = np.array([1.0, 0.0, 0.0, 1.0])
+  assert out['hr@1'] == pytest.approx(hits.std(ddof=1) / 2.0)

@@ -47,6 +47,17 @@ def per_row_metrics(path: str | os.PathLike, ks: Sequence[int],
   return keys, ranking.metrics_from_ranks(ranks, ks)
 
 
+
+def row_standard_errors(paths: Sequence[str | os.PathLike],
+                        ks: Sequence[int]) -> dict[str, float]:
+  """Standard error of each metric's mean over the rows of one predictions file (sample std /
+  sqrt(rows)), averaged over `paths` (e.g. seeds)."""
+  per_file = []
+  for path in paths:
+    _, values = per_row_metrics(path, ks)
+    per_file.append({m: float(v.std(ddof=1) / np.sqrt(len(v))) for m, v in values.items()})
+  return {m: float(np.mean([f[m] for f in per_file])) for m in per_file[0]}
+
 def paired_differences(path_a: str | os.PathLike, path_b: str | os.PathLike,
                        ks: Sequence[int] = (10,), item_to_group=None) -> list[PairedDifference]:
   """Per-metric b - a over the same rows (same users and targets, in the same order)."""
