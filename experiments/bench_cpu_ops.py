@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from minirec_jax import io_utils
+from minirec_jax import timing
 
 _REPEATS = flags.DEFINE_integer('repeats', 15, 'Timed calls per op and side (median kept).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
@@ -41,13 +42,7 @@ _BATCH, _HEADS, _SEQ, _HEAD_DIM, _GROUPS = 32, 4, 128, 64, 64  # groups = batch 
 
 
 def _median_s(fn: Callable[[], object], repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(timing.timed_calls(fn, repeats))
 
 
 def _xla(fn, *args) -> Callable[[], object]:

@@ -47,6 +47,7 @@ import transformers
 
 from minirec_jax import io_utils
 from minirec_jax import sid_sequences
+from minirec_jax import timing
 from minirec_jax.config_utils import OFFICIAL_ROOT, load_config
 from minirec_jax.evaluation import generative
 from minirec_jax.models import decoder as decoder_lib
@@ -210,12 +211,7 @@ def logits_parity(config, params, model, prompts: dict[str, np.ndarray], k: int,
 
 def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
   """Calls fn once untimed (warm-up, compilation), then `repeats` times: (best s, all s)."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
+  times = timing.timed_calls(fn, repeats)
   return min(times), times
 
 
