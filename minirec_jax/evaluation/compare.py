@@ -47,7 +47,6 @@ def per_row_metrics(path: str | os.PathLike, ks: Sequence[int],
   return keys, ranking.metrics_from_ranks(ranks, ks)
 
 
-
 def row_standard_errors(paths: Sequence[str | os.PathLike],
                         ks: Sequence[int]) -> dict[str, float]:
   """Standard error of each metric's mean over the rows of one predictions file (sample std /
@@ -57,6 +56,7 @@ def row_standard_errors(paths: Sequence[str | os.PathLike],
     _, values = per_row_metrics(path, ks)
     per_file.append({m: float(v.std(ddof=1) / np.sqrt(len(v))) for m, v in values.items()})
   return {m: float(np.mean([f[m] for f in per_file])) for m in per_file[0]}
+
 
 def paired_differences(path_a: str | os.PathLike, path_b: str | os.PathLike,
                        ks: Sequence[int] = (10,), item_to_group=None) -> list[PairedDifference]:

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minirec_jax.models import layers
 from minirec_jax.models import moe
 
 Cache = dict[str, jax.Array]
@@ -156,15 +157,6 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
-def _rows(layer, x: jax.Array) -> jax.Array:
-  """Applies a position-wise layer to `x [..., d]` as one `[rows, d]` matrix.
-
-  XLA:CPU runs the backward pass of a dense layer on a 3-D `[b, s, d]` input about 2x slower
-  than on the same rows as a 2-D matrix (the kernel gradient contracts two axes).
-  """
-  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
-
-
 def _dense(config: DecoderConfig, features: int, bias: bool, name: str) -> nn.Dense:
   return nn.Dense(features, use_bias=bias, dtype=config.compute_dtype, kernel_init=_INIT,
                   name=name)
@@ -191,9 +183,9 @@ class Attention(nn.Module):
     """
     c = self.config
     b, s, _ = x.shape
-    q = _rows(_dense(c, c.num_heads * c.head_dim, c.qkv_bias, 'q_proj'), x)
-    k = _rows(_dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'k_proj'), x)
-    v = _rows(_dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'v_proj'), x)
+    q = layers.on_rows(_dense(c, c.num_heads * c.head_dim, c.qkv_bias, 'q_proj'), x)
+    k = layers.on_rows(_dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'k_proj'), x)
+    v = layers.on_rows(_dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'v_proj'), x)
     q = rope(q.reshape(b, s, c.num_heads, c.head_dim), positions, c.rope_theta)
     k = rope(k.reshape(b, s, c.num_kv_heads, c.head_dim), positions, c.rope_theta)
     v = v.reshape(b, s, c.num_kv_heads, c.head_dim)
@@ -211,7 +203,7 @@ class Attention(nn.Module):
       out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
                                          mask=mask[:, None])
     out = out.reshape(b, s, c.num_heads * c.head_dim)
-    out = _rows(_dense(c, c.width, False, 'o_proj'), out)
+    out = layers.on_rows(_dense(c, c.width, False, 'o_proj'), out)
     return out, new_kv
 
 
@@ -274,7 +266,7 @@ class Block(nn.Module):
     x = x + attn
     h = RMSNorm(c.rms_eps, name='post_attention_layernorm')(x)
     if not c.num_experts:
-      return x + _rows(Mlp(c, name='mlp'), h), new_kv
+      return x + layers.on_rows(Mlp(c, name='mlp'), h), new_kv
     # Cached (decoding) calls never drop tokens, so generation is exact whatever the
     # training capacity. A token is real iff it may attend somewhere: every mask built here
     # lets a real token see itself and gives padding an all-False row.
@@ -321,9 +313,9 @@ class Decoder(nn.Module):
     # The final norm and the LM head run in float32 whatever the compute dtype.
     x = RMSNorm(c.rms_eps, name='norm')(x.astype(jnp.float32))
     if c.tie_embeddings:
-      logits = _rows(embed.attend, x)
+      logits = layers.on_rows(embed.attend, x)
     else:
-      logits = _rows(nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32,
+      logits = layers.on_rows(nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32,
                               kernel_init=_INIT, name='lm_head'), x)
     logits = logits.astype(jnp.float32)
     if cache is None:

@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minirec_jax.models import layers
+
 ARCHITECTURES = ('official', 'recbole')
 
 # Hyperparameters of the two configurations (everything except the catalogue and history size).
@@ -165,12 +167,6 @@ def _dense(config: SASRecConfig, features: int, fan_in: int, name: str) -> nn.De
     return nn.Dense(features, kernel_init=init, bias_init=init, name=name)
   return nn.Dense(features, kernel_init=nn.initializers.normal(0.02),
                   bias_init=nn.initializers.zeros, name=name)
-
-
-def _rows(layer, x: jax.Array) -> jax.Array:
-  """Applies a position-wise layer to `x [..., d]` as one `[rows, d]` matrix (XLA:CPU runs the
-  backward pass of a dense layer on 3-D inputs much slower than on the same 2-D rows)."""
-  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
 
 def _gelu(x: jax.Array) -> jax.Array:
@@ -338,10 +334,10 @@ class Attention(nn.Module):
     b, q, d = queries.shape
     h = self.config.num_heads
     split = lambda x: x.reshape(x.shape[0], x.shape[1], h, d // h)
-    k, v = _rows(self.key, keys), _rows(self.value, keys)
+    k, v = layers.on_rows(self.key, keys), layers.on_rows(self.value, keys)
     if key_rows is not None:
       k, v = jnp.take(k, key_rows, axis=0), jnp.take(v, key_rows, axis=0)
-    qh, kh, vh = split(_rows(self.query, queries)), split(k), split(v)
+    qh, kh, vh = split(layers.on_rows(self.query, queries)), split(k), split(v)
     scale = math.sqrt(d if self.scale_by_width else d // h)
     scores = jnp.einsum('bqhc,bkhc->bhqk', qh, kh) / scale
     scores = jnp.where(mask[:, None], scores, _NEG)
@@ -366,8 +362,8 @@ class FeedForward(nn.Module):
 
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     act = jax.nn.relu if self.config.activation == 'relu' else _gelu
-    y = _rows(self.dense_2, act(_rows(self.dense_1, x)))
-    return _rows(self.norm, self.drop(y, deterministic=deterministic) + x)
+    y = layers.on_rows(self.dense_2, act(layers.on_rows(self.dense_1, x)))
+    return layers.on_rows(self.norm, self.drop(y, deterministic=deterministic) + x)
 
 
 class OfficialBlock(nn.Module):
@@ -413,8 +409,8 @@ class RecBoleLayer(nn.Module):
     if last is not None:
       rows, cols = last
       q = x[rows, cols][:, None]
-    y = _rows(self.dense, self.attention(q, x, mask, None, deterministic, key_rows=rows))
-    y = _rows(self.norm, self.drop(y, deterministic=deterministic) + q)
+    y = layers.on_rows(self.dense, self.attention(q, x, mask, None, deterministic, key_rows=rows))
+    y = layers.on_rows(self.norm, self.drop(y, deterministic=deterministic) + q)
     return self.ffn(y, deterministic)
 
 
@@ -451,7 +447,7 @@ class SASRec(nn.Module):
     x = self.item_embedding(items) + self.position_embedding(packed.positions)
     if self.config.architecture == 'official':
       return self.drop(x, deterministic=deterministic) * valid[..., None]
-    return self.drop(_rows(self.norm, x), deterministic=deterministic)
+    return self.drop(layers.on_rows(self.norm, x), deterministic=deterministic)
 
   def _encode(self, packed: Packed, deterministic: bool, last_only: bool) -> jax.Array:
     """`[b, 1, d]` at each sample's last item (last_only) or `[r, W, d]` everywhere."""
