@@ -79,8 +79,15 @@ def test_padding_and_future_items_do_not_change_the_output(variant):
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
-def test_last_position_shortcut_equals_the_full_sequence_output(variant):
-  config, params = _tiny(variant, num_blocks=2)
+@pytest.mark.parametrize('num_heads', [1, 4])
+def test_last_position_shortcut_equals_the_full_sequence_output(variant, num_heads):
+  config, params = _tiny(variant, num_blocks=2, num_heads=num_heads, hidden=16)
+  # Random values everywhere (RecBole initialises biases to zero, which would hide bias terms
+  # that the one-query shortcut moves around).
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  params = jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape) for k, x in
+                                     zip(keys, leaves)])
   history, lengths = _histories(config.num_items, 5, config.max_len, seed=1)
   last = _apply(config, sasrec.SASRec.encode)(params, history, lengths)
   every = _apply(config, sasrec.SASRec.encode_all)(params, history, lengths)
