@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from minirec_jax import host_memory
 from minirec_jax import io_utils
 from minirec_jax import timing
 
@@ -102,11 +103,13 @@ def op_rows(repeats: int) -> list[dict]:
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   torch.set_num_threads(os.cpu_count())
   load_before = os.getloadavg()
   rows = op_rows(_REPEATS.value)
   result = {'machine': f'{platform.node()} {os.cpu_count()} cpus',
+            'huge_pages': host_memory.active(),
             'date': time.strftime('%Y-%m-%d %H:%M:%S'),
             'load_average_before': list(load_before), 'load_average_after': list(os.getloadavg()),
             'versions': {'jax': jax.__version__, 'torch': torch.__version__},

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from minirec_jax import host_memory
 from minirec_jax import io_utils
 from minirec_jax.config_utils import load_config
 from minirec_jax.data import pipeline
@@ -34,6 +35,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   if _WORKDIR.value and not _RANDOM.value:
     with open(os.path.join(_WORKDIR.value, 'config.json')) as f:
@@ -64,7 +66,7 @@ def main(argv):
     rec.recommend(params, b['history'], b['history_len'], _BEAM.value)
     latencies.append(time.perf_counter() - t0)
   result = {
-      'machine': f'{platform.node()} {os.cpu_count()} cpus',
+      'machine': f'{platform.node()} {os.cpu_count()} cpus', 'huge_pages': host_memory.active(),
       'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'beam': _BEAM.value, 'batch': _BATCH.value,
       'model': config.model.variant, 'test_users': len(test),
       'eval_all_test_s': full, 'users_per_s': len(test) / full,

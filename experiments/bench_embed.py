@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from minirec_jax import config_utils
+from minirec_jax import host_memory
 from minirec_jax import io_utils
 from minirec_jax.data.official import reader
 from minirec_jax.semantic_ids import embeddings
@@ -34,6 +35,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   texts = item_text.item_texts(reader.read_item_table(_ROOT.value, _CATEGORY.value))
   texts = texts[:_LIMIT.value] if _LIMIT.value else texts

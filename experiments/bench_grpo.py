@@ -18,6 +18,7 @@ import time
 from absl import app
 from absl import flags
 
+from minirec_jax import host_memory
 from minirec_jax import io_utils
 from minirec_jax.config_utils import load_config
 from minirec_jax.training import grpo_loop
@@ -31,6 +32,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   config = load_config(f'configs/grpo.py:rollout={_ROLLOUT.value}')
   config.init_from = _INIT_FROM.value
@@ -45,6 +47,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as workdir:
     timing = grpo_loop.train_and_evaluate(config, workdir)['timing']
   result = {'machine': f'{platform.node()} {platform.machine()} {os.cpu_count()} cpus',
+            'huge_pages': host_memory.active(),
             'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'init_from': _INIT_FROM.value,
             'rollout': _ROLLOUT.value, 'prompts': _PROMPTS.value, 'group_size': _GROUP.value,
             'load_average_before': load_before, 'load_average_after': os.getloadavg()[0],

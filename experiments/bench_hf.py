@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import transformers
 
+from minirec_jax import host_memory
 from minirec_jax import io_utils
 from minirec_jax import sid_sequences
 from minirec_jax import timing
@@ -321,6 +322,7 @@ def train_bench(config, params, model, vocab, steps: int) -> dict:
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   load_before = os.getloadavg()
   torch.set_num_threads(os.cpu_count())
@@ -342,7 +344,7 @@ def main(argv):
   train = train_bench(config, params, model, rec.vocab, _TRAIN_STEPS.value)
   print('train:', train)
   result = {
-      'machine': f'{platform.node()} {os.cpu_count()} cpus',
+      'machine': f'{platform.node()} {os.cpu_count()} cpus', 'huge_pages': host_memory.active(),
       'date': time.strftime('%Y-%m-%d %H:%M:%S'),
       'load_average_before': list(load_before), 'load_average_after': list(os.getloadavg()),
       'torch_threads': torch.get_num_threads(),

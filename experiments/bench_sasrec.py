@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 import jax
 
+from minirec_jax import host_memory
 from minirec_jax import io_utils
 from minirec_jax.config_utils import load_config
 from minirec_jax.training import parallel
@@ -80,7 +81,8 @@ def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool, share: str
   return {
       'bench': 'sasrec_train_epoch', 'dataset': dataset, 'variant': variant, 'tiny': tiny,
       'device': jax.devices()[0].device_kind, 'num_devices': mesh.size,
-      'cpu': platform.processor() or platform.machine(), 'train_rows': len(train),
+      'cpu': platform.processor() or platform.machine(), 'huge_pages': host_memory.active(),
+      'train_rows': len(train),
       'batch_size': batch_size, 'steps_per_epoch': steps,
       'num_params': s.ranker.description['num_params'], 'compile_s': round(compile_s, 3),
       'epoch_seconds': [round(x, 3) for x in seconds], 'seconds_per_epoch': round(per_epoch, 3),
@@ -93,6 +95,7 @@ def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool, share: str
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   rows = []
   for dataset in _DATASETS.value:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minirec_jax import host_memory
 from minirec_jax import io_utils
 from minirec_jax.config_utils import load_config
 from minirec_jax.data import pipeline
@@ -79,6 +80,7 @@ def time_variant(variant: str, steps: int) -> dict:
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   peak = matmul_peak_flops()
   rows = []
@@ -90,6 +92,7 @@ def main(argv):
           f"{row['seconds_per_epoch']:.1f} s/epoch ({row['steps_per_epoch']} steps), "
           f"{row['model_flops_per_s'] / 1e9:.1f} GFLOP/s, MFU {100 * row['mfu']:.0f}%")
   result = {'machine': f'{platform.node()} {os.cpu_count()} cpus',
+            'huge_pages': host_memory.active(),
             'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'peak_matmul_flops': peak,
             'rows': rows}
   print(f'peak fp32 matmul: {peak / 1e9:.1f} GFLOP/s')

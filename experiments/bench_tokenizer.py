@@ -22,6 +22,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from minirec_jax import host_memory
 from minirec_jax import io_utils
 from minirec_jax.semantic_ids import collisions
 from minirec_jax.semantic_ids import report as report_lib
@@ -89,6 +90,7 @@ def _run_rqkmeans(x, name, key):
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   x = (np.load(_EMBEDDINGS.value).astype(np.float32) if _EMBEDDINGS.value
        else minilm_like(seed=_SEED.value))

@@ -12,6 +12,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from minirec_jax import host_memory
 from minirec_jax import io_utils
 from minirec_jax.training import sft_loop
 
@@ -21,6 +22,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A train_sft workdir.', required
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   config = _CONFIG.value
   if config is None:

@@ -16,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from minirec_jax import experiment_pipeline
+from minirec_jax import host_memory
 from minirec_jax.data.errors import DataError
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/pipeline.py',
@@ -25,6 +26,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder p
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   try:
     result = experiment_pipeline.run(_CONFIG.value, _WORKDIR.value)

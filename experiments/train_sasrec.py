@@ -12,6 +12,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from minirec_jax import host_memory
 from minirec_jax.training import sasrec
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'SASRec/baseline config.',
@@ -21,6 +22,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   sasrec.train_sasrec(_CONFIG.value, _WORKDIR.value)
 

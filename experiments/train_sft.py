@@ -8,6 +8,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from minirec_jax import host_memory
 from minirec_jax.training import sft_loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'SFT config.', lock_config=True)
@@ -16,6 +17,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
+  host_memory.use_huge_pages()
   del argv
   sft_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
