@@ -53,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.max_steps_per_epoch = 0   # > 0: cut epochs short (smoke runs)
   # SASRec: pack short histories into shared rows (same per-sample math, no compute on padding).
   config.train.pack = variant in sasrec.PRESETS
-  config.train.pack_row_multiple = 64    # packed row counts are rounded to this (compiles)
+  config.train.pack_row_multiple = 64    # packed row counts are rounded up to this
+  config.train.pack_fixed_rows = False   # True: one row count for every batch (one compile)
   # Packing: a history that is a prefix of another in its batch reads that one's segment, and
   # epochs shuffle such chains (one user's first rows) as units so that they share batches.
   # Same per-sample outputs; only batch composition and shared dropout noise differ. Off for

@@ -32,6 +32,10 @@ _TINY = flags.DEFINE_bool('tiny', False, 'Smoke check: tiny model, a few steps p
 _SHARE = flags.DEFINE_list(
     'share_prefixes', ['config'],
     "Values of train.share_prefixes to time, each a row: 'config' (the preset's), true, false.")
+_FIXED_ROWS = flags.DEFINE_list(
+    'pack_fixed_rows', ['config'],
+    "Values of train.pack_fixed_rows to time (crossed with share_prefixes): 'config', true, "
+    'false.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '', 'TFDS folder (default: the project cache).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path (list of rows).')
 
@@ -39,11 +43,19 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path (list o
 PEER_SECONDS_PER_EPOCH = {'ml100k_loo': 123.1, 'industrial': 6.8}
 
 
-def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool, share: str) -> dict:
+def packed_row_counts(packer: sasrec.BatchPacker) -> list[int]:
+  """The row counts that the timed epochs use (one when fixed: the largest)."""
+  return [packer.rows] if packer.fixed_rows else sorted(packer.examples)
+
+
+def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool, share: str,
+                 fixed_rows: str) -> dict:
   config = load_config(f'configs/sasrec.py:dataset={dataset},variant={variant}'
                        + (',tiny' if tiny else ''))
   if share != 'config':
     config.train.share_prefixes = share.lower() == 'true'
+  if fixed_rows != 'config':
+    config.train.pack_fixed_rows = fixed_rows.lower() == 'true'
   if _DATA_DIR.value:
     config.data.data_dir = _DATA_DIR.value
   s = sasrec.setup(config)
@@ -57,17 +69,18 @@ def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool, share: str
   max_steps = config.train.max_steps_per_epoch
   packer = sasrec.make_packer(s.ranker, config, mesh)
   group = sasrec.shares_prefixes(config)
-  first = next(iter(sasrec.epoch_batches(train, batch_size=batch_size, seed=config.seed,
-                                         epoch=0, group_prefixes=group)))
+  warm = [next(iter(sasrec.epoch_batches(train, batch_size=batch_size, seed=config.seed,
+                                         epoch=0, group_prefixes=group)))]
   if packer is not None:
-    # As train_sasrec does: fix the packed row count from the epochs to come.
+    # Pack the epochs to come first, so that every packed row count compiles before timing.
     for epoch in range(epochs):
       packer.warm_up(sasrec.epoch_batches(train, batch_size=batch_size, seed=config.seed,
                                           epoch=epoch, max_steps=max_steps,
                                           group_prefixes=group))
-    first = packer(first)
+    warm = [packer.examples[rows] for rows in packed_row_counts(packer)]
   start = time.perf_counter()
-  state, metrics = step_fn(state, parallel.shard_batch(first, mesh), rng)
+  for batch in warm:
+    state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), rng)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
   seconds, steps = [], 0
@@ -88,8 +101,9 @@ def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool, share: str
       'epoch_seconds': [round(x, 3) for x in seconds], 'seconds_per_epoch': round(per_epoch, 3),
       'examples_per_s': round(steps * batch_size / per_epoch, 1),
       'final_loss': out['loss'],
-      'packed_rows': packer.rows if packer is not None else None,
+      'packed_rows': packed_row_counts(packer) if packer is not None else None,
       'share_prefixes': group,
+      'pack_fixed_rows': packer.fixed_rows if packer is not None else None,
       'peer_recbole_seconds_per_epoch': None if tiny else PEER_SECONDS_PER_EPOCH.get(dataset),
   }
 
@@ -100,9 +114,11 @@ def main(argv):
   rows = []
   for dataset in _DATASETS.value:
     for share in _SHARE.value:
-      row = time_dataset(dataset, _VARIANT.value, _EPOCHS.value, _TINY.value, share)
-      print(json.dumps(row), flush=True)
-      rows.append(row)
+      for fixed_rows in _FIXED_ROWS.value:
+        row = time_dataset(dataset, _VARIANT.value, _EPOCHS.value, _TINY.value, share,
+                           fixed_rows)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
   if _OUTPUT.value:
     io_utils.write_json(_OUTPUT.value, rows)
 

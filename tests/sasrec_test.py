@@ -142,6 +142,29 @@ def test_packed_batches_give_the_per_row_outputs(variant, share_prefixes):
     assert (packed.segments > 0).sum() < (unshared.segments > 0).sum()
 
 
+@pytest.mark.parametrize('fixed_rows', [False, True])
+def test_batch_packer_row_counts(fixed_rows):
+  history, lengths = _user_windows(11, 6, seed=5)
+  ranker = train_lib.sasrec_ranker(sasrec.make_config('recbole', 11, 6))
+  packer = train_lib.BatchPacker(ranker.pack, row_multiple=4, fixed_rows=fixed_rows)
+  # Batches of decreasing size: bucketed counts follow each batch, fixed ones never shrink.
+  sizes = [len(lengths), len(lengths) // 2, 5]
+  rows = []
+  for size in sizes:
+    batch = {'history': history[:size], 'history_len': lengths[:size],
+             'valid': np.ones(size, bool), 'target': np.zeros(size, np.int32)}
+    needed = len(sasrec.pack(batch['history'], batch['history_len'], batch['valid']).tokens)
+    rows.append(len(packer(batch)['tokens']))
+    assert rows[-1] % 4 == 0 and rows[-1] >= needed
+    if not fixed_rows:
+      assert rows[-1] < needed + 4  # the fewest rows the batch needs, rounded up
+  if fixed_rows:
+    assert rows == [rows[0]] * len(sizes)
+  else:
+    assert rows[0] > rows[1] > rows[2]
+  assert packer.rows == rows[0] and sorted(packer.examples) == sorted(set(rows))
+
+
 def test_grouped_epoch_order_keeps_groups_together():
   groups = np.repeat(np.arange(30), np.arange(1, 31))[::-1].copy()
   order = train_lib.epoch_order(len(groups), seed=0, epoch=1, groups=groups)
