@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from minirec_jax import sid_sequences as ss
 from minirec_jax.models import decoder as decoder_lib
@@ -68,3 +69,20 @@ def test_same_loss_trajectory_on_1_device_jit_sharded_and_pmap():
   assert base[0] > base[-1]  # it learns
   np.testing.assert_allclose(got_jit, base, rtol=2e-5)
   np.testing.assert_allclose(got_pmap, base, rtol=2e-5)
+
+
+def test_max_traces_turns_a_recompiling_step_into_an_error():
+  apply_fn, state, batches = _setup()
+  mesh = parallel.make_mesh()
+  # Two traces allowed: the first call's state (python step counter, uncommitted arrays) is
+  # not yet in the form the step returns, so the second call traces once more.
+  step = parallel.jit_data_parallel(sft.make_sft_step(apply_fn), mesh, max_traces=2)
+  prepare = lambda b: parallel.shard_batch(b, mesh)
+  for batch in batches + batches:
+    state, _ = step(state, prepare(batch), jax.random.key(1))
+  shorter = {k: v[:, :-4] for k, v in batches[0].items()}
+  with pytest.raises(AssertionError, match='traced 3 times'):
+    step(state, prepare(shorter), jax.random.key(1))
+  # Each wrapped step counts for itself: a second training run in the process starts at 0.
+  again = parallel.jit_data_parallel(sft.make_sft_step(apply_fn), mesh, max_traces=2)
+  again(state, prepare(shorter), jax.random.key(1))

@@ -93,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       codes_table=trie.codes, weights=weights, beta=g.beta, kl_estimator=g.kl_estimator,
       clip_eps=g.clip_eps, aggregation=g.aggregation, adv_ddof=g.adv_ddof, adv_eps=g.adv_eps,
       sft_weight=g.sft_weight, score_fn=score_fn)
-  update = parallel.jit_data_parallel(step_fn, mesh, num_frozen=2)
+  update = parallel.jit_data_parallel(step_fn, mesh, num_frozen=2, max_traces=1)
 
   ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.ckpt.keep,
                                     best_metric='ndcg@10')

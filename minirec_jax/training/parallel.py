@@ -15,6 +15,7 @@ same program on the global mesh and feeds only its own rows to `shard_batch`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -85,8 +86,29 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   return distributed.global_batch(batch, batch_sharding(mesh))
 
 
+def limit_traces(fn: Callable, max_traces: int) -> Callable:
+  """`fn`, raising AssertionError when traced more than `max_traces` times (count per wrapper).
+
+  Like `chex.assert_max_traces`, but chex counts per definition site (call stack and source),
+  so two training runs in one process, each with its own freshly jitted step, would add up
+  and trip it; here each wrapped function has its own count.
+  """
+  traces = 0
+
+  @functools.wraps(fn)
+  def counted(*args, **kwargs):
+    nonlocal traces
+    traces += 1  # only runs while jit traces: compiled calls never enter Python
+    if traces > max_traces:
+      raise AssertionError(f'{fn.__name__} traced {traces} times (max_traces={max_traces}): '
+                           'an argument changed shape, dtype or weak type between calls')
+    return fn(*args, **kwargs)
+
+  return counted
+
+
 def jit_data_parallel(step: Callable, mesh: Mesh, *, num_frozen: int = 0,
-                      state_sharding: Any = None) -> Callable:
+                      state_sharding: Any = None, max_traces: int | None = None) -> Callable:
   """jit(step) with the state donated, the batch split over all devices, the rest replicated.
 
   Args:
@@ -97,7 +119,12 @@ def jit_data_parallel(step: Callable, mesh: Mesh, *, num_frozen: int = 0,
     state_sharding: sharding pytree (or one sharding) for the state, e.g. from the module's
       `state_sharding` (FSDP on a mesh with fsdp > 1); replicated by default. Create the state
       with the same sharding (jit with `out_shardings`) or the first call compiles twice.
+    max_traces: if set, tracing `step` more often than this raises AssertionError: a training
+      loop states how many batch shapes it expects, and a silent recompilation every step
+      becomes an error (`limit_traces`).
   """
+  if max_traces is not None:
+    step = limit_traces(step, max_traces)
   repl = replicated(mesh)
   state_sharding = repl if state_sharding is None else state_sharding
   in_shardings = (state_sharding,) + (repl,) * num_frozen + (batch_sharding(mesh), repl)

@@ -538,10 +538,12 @@ def _train(config, workdir, s: Setup, mesh, eval_fn, writer, eval_kwargs):
   if restored is not None:
     state, progress, _ = restored
     logging.info('resumed after epoch %d (step %d)', progress['epoch'], int(state.step))
-  step_fn = parallel.jit_data_parallel(
-      make_train_step(s.ranker, config.train.loss, s.num_items), mesh)
-  rng = jax.random.key(config.seed + 1)
   packer = make_packer(s.ranker, config, mesh)
+  # One shape per packed row count (a multiple of the packer's, at most one row per sample).
+  max_traces = -(-batch_size // packer.row_multiple) if packer is not None else 1
+  step_fn = parallel.jit_data_parallel(
+      make_train_step(s.ranker, config.train.loss, s.num_items), mesh, max_traces=max_traces)
+  rng = jax.random.key(config.seed + 1)
   group = shares_prefixes(config)
   if packer is not None and packer.fixed_rows:
     # The largest packed batch of the first epoch to train fixes the row count up front.

@@ -153,7 +153,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   apply_fn = sft.decoder_apply_fn(s.model)
   recommender = generative.Recommender(s.model_config, s.sids, config.data.max_history)
   train_step = parallel.jit_data_parallel(sft.make_sft_step(apply_fn), mesh,
-                                          state_sharding=parallel.state_sharding(state, mesh))
+                                          state_sharding=parallel.state_sharding(state, mesh),
+                                          max_traces=1)  # static batch shapes
   eval_step = jax.jit(sft.make_sft_eval_step(apply_fn))
   writer = metric_logging.MetricWriter(workdir, tensorboard=config.log.tensorboard,
                                        enabled=jax.process_index() == 0)
