@@ -103,7 +103,7 @@ def op_rows(repeats: int) -> list[dict]:
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   torch.set_num_threads(os.cpu_count())
   load_before = os.getloadavg()

@@ -35,7 +35,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   if _WORKDIR.value and not _RANDOM.value:
     with open(os.path.join(_WORKDIR.value, 'config.json')) as f:

@@ -35,7 +35,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   texts = item_text.item_texts(reader.read_item_table(_ROOT.value, _CATEGORY.value))
   texts = texts[:_LIMIT.value] if _LIMIT.value else texts

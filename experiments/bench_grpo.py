@@ -32,7 +32,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   config = load_config(f'configs/grpo.py:rollout={_ROLLOUT.value}')
   config.init_from = _INIT_FROM.value

@@ -322,7 +322,7 @@ def train_bench(config, params, model, vocab, steps: int) -> dict:
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   load_before = os.getloadavg()
   torch.set_num_threads(os.cpu_count())

@@ -109,7 +109,7 @@ def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool, share: str
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   rows = []
   for dataset in _DATASETS.value:

@@ -80,7 +80,7 @@ def time_variant(variant: str, steps: int) -> dict:
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   peak = matmul_peak_flops()
   rows = []

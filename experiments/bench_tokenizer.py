@@ -90,7 +90,7 @@ def _run_rqkmeans(x, name, key):
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   x = (np.load(_EMBEDDINGS.value).astype(np.float32) if _EMBEDDINGS.value
        else minilm_like(seed=_SEED.value))

@@ -22,7 +22,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A train_sft workdir.', required
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   config = _CONFIG.value
   if config is None:

@@ -26,7 +26,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder p
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   try:
     result = experiment_pipeline.run(_CONFIG.value, _WORKDIR.value)

@@ -22,7 +22,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   sasrec.train_sasrec(_CONFIG.value, _WORKDIR.value)
 

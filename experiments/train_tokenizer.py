@@ -20,7 +20,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  host_memory.use_huge_pages()
+  host_memory.use_huge_pages(__file__)
   del argv
   print(report_lib.report_markdown(stage.run(_CONFIG.value, _WORKDIR.value)))
 

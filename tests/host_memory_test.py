@@ -41,19 +41,25 @@ def test_kernel_setting(tmp_path, content, expected):
   assert not host_memory.kernel_offers_huge_pages(str(tmp_path / 'missing'))
 
 
-def test_a_binary_reexecutes_itself_once_with_the_tunable():
-  code = ('import os; from minirec_jax import host_memory; print("start", flush=True); '
-          'host_memory.use_huge_pages(); print(os.environ.get("GLIBC_TUNABLES"))')
+def test_a_binary_reexecutes_itself_once_with_the_tunable(tmp_path):
+  binary = tmp_path / 'binary.py'
+  binary.write_text('import os\nfrom minirec_jax import host_memory\nprint("start", flush=True)\n'
+                    'host_memory.use_huge_pages(__file__)\n'
+                    'print(os.environ.get("GLIBC_TUNABLES"))\n')
   env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'MINIREC_HUGE_PAGES')}
-  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
-                       check=True).stdout.split()
+  run = lambda: subprocess.run([sys.executable, str(binary)], env=env, capture_output=True,
+                               text=True, check=True).stdout.split()
   wanted = host_memory.environment_with_huge_pages(
       env, host_memory.glibc_version(), host_memory.kernel_offers_huge_pages())
   if wanted is None:
-    assert out == ['start', 'None']
+    assert run() == ['start', 'None']
   else:  # the command ran twice: once as started, once re-executed with the tunable
-    assert out == ['start', 'start', 'glibc.malloc.hugetlb=1']
+    assert run() == ['start', 'start', 'glibc.malloc.hugetlb=1']
   env['MINIREC_HUGE_PAGES'] = '0'
-  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
-                       check=True).stdout.split()
-  assert out == ['start', 'None']
+  assert run() == ['start', 'None']
+
+
+def test_a_binary_main_called_from_another_program_does_not_reexecute(tmp_path):
+  # Here the running program is pytest, not this file: nothing happens (else pytest restarts).
+  host_memory.use_huge_pages(__file__)
+  host_memory.use_huge_pages(str(tmp_path / 'some_binary.py'))
