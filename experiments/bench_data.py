@@ -15,6 +15,7 @@ import time
 from absl import app
 from absl import flags
 
+from minirec_jax import host_memory
 from minirec_jax import io_utils
 from minirec_jax.data import loading
 from minirec_jax.data import pipeline
@@ -35,8 +36,10 @@ def _timed_build(name: str, data_dir: str):
 
 
 def main(argv):
+  host_memory.use_huge_pages(__file__)
   del argv
   results = {'machine': f'{platform.node()} {platform.machine()} {os.cpu_count()} cpus',
+             'huge_pages': host_memory.active(),
              'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'build_s': {}}
   with tempfile.TemporaryDirectory() as tmp:
     datasets = {}

@@ -45,6 +45,7 @@ def main(argv):
   tokens = [len(t) for t in encoder.tokenize(texts)]
   results = {
       'machine': f'{platform.node()} {platform.machine()} {os.cpu_count()} cpus',
+      'huge_pages': host_memory.active(),
       'device': str(jax.devices()[0].device_kind), 'date': time.strftime('%Y-%m-%d %H:%M:%S'),
       'category': _CATEGORY.value, 'items': len(texts), 'batch_size': _BATCH.value,
       'tokens_mean': round(float(np.mean(tokens)), 1), 'tokens_max': int(max(tokens)),

@@ -95,6 +95,7 @@ def main(argv):
   x = (np.load(_EMBEDDINGS.value).astype(np.float32) if _EMBEDDINGS.value
        else minilm_like(seed=_SEED.value))
   results = {'machine': f'{platform.node()} {platform.machine()} {os.cpu_count()} cpus',
+             'huge_pages': host_memory.active(),
              'date': time.strftime('%Y-%m-%d %H:%M:%S'),
              'embeddings': _EMBEDDINGS.value or 'synthetic minilm_like', 'shape': x.shape,
              'methods': {}}
