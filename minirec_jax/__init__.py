@@ -29,8 +29,8 @@ Devices (minirec_jax.distributed.initialize() first on multi-host runs)
   shard_batch(batch, mesh): this process's rows [b_local, ...] -> global arrays split over all
     devices.
   state_sharding(state, mesh): replicated, or FSDP (large arrays split over 'fsdp') shardings.
-  jit_data_parallel(step, mesh, *, num_frozen=0, state_sharding=None): jit with the state
-    donated and the batch sharded.
+  jit_data_parallel(step, mesh, *, num_frozen=0, state_sharding=None, max_traces=None): jit
+    with the state donated and the batch sharded; max_traces makes a retrace past it an error.
   pmap_data_parallel(step, *, num_frozen=0): pmap over 'data' (build step with axis_name='data').
 
 Decoding
