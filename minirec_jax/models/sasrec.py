@@ -366,7 +366,8 @@ class Attention(nn.Module):
     """
     b, _, h, c = qh.shape
     if self.is_initializing():  # the shortcut reads the kernels: create them first
-      self.key(rows[:1, 0]), self.value(rows[:1, 0])
+      self.key(rows[:1, 0])
+      self.value(rows[:1, 0])
     key_kernel = self.key.variables['params']['kernel']
     value = self.value.variables['params']
     eye = jnp.eye(h, dtype=qh.dtype)
