@@ -46,6 +46,7 @@ Cache = dict[str, jax.Array]
 Params = dict[str, Any]
 _INIT = nn.initializers.normal(0.02)
 _MASKED = -1e30  # finite: a fully masked score row must not turn into NaN
+_CAUSAL_QUERY_BLOCK = 64  # query positions per block when a causal mask lets attention skip keys
 _COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
@@ -138,23 +139,40 @@ class RMSNorm(nn.Module):
     return (normed * weight).astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """Rotary-embedding tables, computed once per forward pass and shared by every layer.
+
+  Args:
+    positions: int `[batch, seq]`.
+    head_dim: even head size d.
+    theta: RoPE base.
+  Returns:
+    (cos, signed_sin), float32 `[batch, seq, 1, d]`; signed_sin carries rotate_half's sign
+    (-sin on the first half), so `apply_rope` is two products and a half swap.
+  """
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq        # [b, s, d/2]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  tables = (jnp.concatenate([cos, cos], axis=-1)[:, :, None, :],
+            jnp.concatenate([-sin, sin], axis=-1)[:, :, None, :])
+
+  return tables
+
+
+def apply_rope(x: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:
   """Rotary embedding in the HF rotate_half layout (pairs dims i and i + d/2).
 
   Args:
     x: `[batch, seq, heads, head_dim]`.
-    positions: int `[batch, seq]`.
-    theta: RoPE base.
+    tables: `rope_tables(positions, head_dim, theta)`.
   Returns:
-    `x` rotated, same shape and dtype (angles computed in float32).
+    `x` rotated, same shape and dtype (computed in float32).
   """
-  d = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq        # [b, s, d/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [b, s, 1, d]
+  cos, signed_sin = tables
+  half = x.shape[-1] // 2
   x32 = x.astype(jnp.float32)
-  rotated = jnp.concatenate([-x32[..., d // 2:], x32[..., :d // 2]], axis=-1)
-  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+  swapped = jnp.concatenate([x32[..., half:], x32[..., :half]], axis=-1)
+  return (x32 * cos + swapped * signed_sin).astype(x.dtype)
 
 
 def _dense(config: DecoderConfig, features: int, bias: bool, name: str) -> nn.Dense:
@@ -168,16 +186,18 @@ class Attention(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv=None):
+  def __call__(self, x, rope, mask, kv=None, causal=False):
     """Attends `x` to itself, or to the cache when `kv` is given.
 
     Args:
       x: `[b, s, width]`.
-      positions: int `[b, s]`.
+      rope: `rope_tables` of the s tokens' positions.
       mask: bool `[b, s, t]`, True where query i may attend to key j.
       kv: None (then t == s), or (k_cache, v_cache, index) with caches
         `[b, max_len, kv_heads, head_dim]`: the s new keys/values are written at slots
         index..index+s-1 and the queries attend over all t == max_len slots.
+      causal: without `kv`, a promise that `mask` never lets query i see a key j > i; the
+        key blocks above the diagonal are then skipped (`_CAUSAL_QUERY_BLOCK`).
     Returns:
       (`[b, s, width]`, None or the updated (k_cache, v_cache)).
     """
@@ -186,8 +206,8 @@ class Attention(nn.Module):
     q = layers.on_rows(_dense(c, c.num_heads * c.head_dim, c.qkv_bias, 'q_proj'), x)
     k = layers.on_rows(_dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'k_proj'), x)
     v = layers.on_rows(_dense(c, c.num_kv_heads * c.head_dim, c.qkv_bias, 'v_proj'), x)
-    q = rope(q.reshape(b, s, c.num_heads, c.head_dim), positions, c.rope_theta)
-    k = rope(k.reshape(b, s, c.num_kv_heads, c.head_dim), positions, c.rope_theta)
+    q = apply_rope(q.reshape(b, s, c.num_heads, c.head_dim), rope)
+    k = apply_rope(k.reshape(b, s, c.num_kv_heads, c.head_dim), rope)
     v = v.reshape(b, s, c.num_kv_heads, c.head_dim)
     new_kv = None
     if kv is not None:
@@ -200,11 +220,86 @@ class Attention(nn.Module):
     else:
       # Query head h reads KV head h // (num_heads // num_kv_heads), as HF repeat_kv does.
       # Scores and softmax are float32; a fully masked row (left padding) stays finite.
-      out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
-                                         mask=mask[:, None])
+      out = _attend_by_kv_head(q, k.astype(q.dtype), v.astype(q.dtype), mask,
+                               causal=causal and kv is None)
     out = out.reshape(b, s, c.num_heads * c.head_dim)
     out = layers.on_rows(_dense(c, c.width, False, 'o_proj'), out)
     return out, new_kv
+
+
+def _attend_by_kv_head(q, k, v, mask, causal=False):
+  """Grouped-query attention, one KV head at a time, in the projections' own layout.
+
+  The query heads of KV head j are rows `(position, head)` of one `[s * rep, head_dim]` matrix
+  per sequence, so every product reads its operands where the projections wrote them (no
+  head-major transposes, which XLA:CPU runs slowly). With `causal` (the mask is known to be
+  causal), queries go in blocks of `_CAUSAL_QUERY_BLOCK` positions and each block reads only
+  the keys up to its last position: 3/4 of the work at 2 blocks, about half at many.
+
+  Args:
+    q: `[b, s, heads, head_dim]`; k, v: `[b, t, kv_heads, head_dim]`; mask: bool `[b, s, t]`.
+  Returns:
+    `[b, s, heads, head_dim]`.
+  """
+  b, s, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  rep = heads // kv_heads
+  starts = range(0, s, _CAUSAL_QUERY_BLOCK) if causal else [0]
+  blocks = []
+  for start in starts:
+    end = min(s, start + _CAUSAL_QUERY_BLOCK) if causal else s
+    keys = end if causal else k.shape[1]
+    outs = [_grouped_attention(
+        q[:, start:end, j * rep:(j + 1) * rep].reshape(b, (end - start) * rep, head_dim),
+        k[:, :keys, j], v[:, :keys, j], mask[:, start:end, :keys]) for j in range(kv_heads)]
+    blocks.append(jnp.concatenate([o.reshape(b, end - start, rep, head_dim) for o in outs],
+                                  axis=2))
+  return jnp.concatenate(blocks, axis=1)
+
+
+def _exp_scores(q, k, mask):
+  """Unnormalised attention weights: (exp(scores - row max) `[b, m, t]`, row sums `[b, m, 1]`).
+
+  q: `[b, m, d]` with m = s * rep rows ordered (position, head); k: `[b, t, d]`;
+  mask: bool `[b, s, t]`. Scores and weights are float32.
+  """
+  b, m, d = q.shape
+  s = mask.shape[1]
+  scores = jnp.einsum('bmd,btd->bmt', q, k, preferred_element_type=jnp.float32) * d ** -0.5
+  scores = jnp.where(mask[:, :, None, :], scores.reshape(b, s, m // s, -1), _MASKED)
+  e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True)).reshape(b, m, -1)
+  return e, jnp.sum(e, axis=-1, keepdims=True)
+
+
+@jax.custom_vjp
+def _grouped_attention(q, k, v, mask):
+  """softmax(q k^T / sqrt(d), masked) v for one KV head: q `[b, m, d]`, k, v `[b, t, d]`."""
+  return _grouped_attention_fwd(q, k, v, mask)[0]
+
+
+def _grouped_attention_fwd(q, k, v, mask):
+  e, total = _exp_scores(q, k, mask)
+  out = (jnp.einsum('bmt,btd->bmd', e.astype(q.dtype), v,
+                    preferred_element_type=jnp.float32) / total).astype(q.dtype)
+  return out, (q, k, v, e, total, out)
+
+
+def _grouped_attention_bwd(residuals, d_out):
+  # Hand-written so the normalisation is applied once to the [b, m, d] output, not to the
+  # [b, m, t] weights, and the softmax backward is one pass (autodiff takes three on CPU).
+  q, k, v, e, total, out = residuals
+  weights = e / total
+  d_out32 = d_out.astype(jnp.float32)
+  row_dot = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1, keepdims=True)
+  d_weights = jnp.einsum('bmd,btd->bmt', d_out, v, preferred_element_type=jnp.float32)
+  d_scores = (weights * (d_weights - row_dot) * q.shape[-1] ** -0.5).astype(q.dtype)
+  d_q = jnp.einsum('bmt,btd->bmd', d_scores, k)
+  d_k = jnp.einsum('bmt,bmd->btd', d_scores, q)
+  d_v = jnp.einsum('bmt,bmd->btd', weights.astype(q.dtype), d_out)
+  return d_q, d_k, d_v, None
+
+
+_grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)
 
 
 def _attend_with_prefix(q, k, v, mask, prefix_k, prefix_v, prefix_valid):
@@ -248,9 +343,9 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.config
-    hidden = nn.silu(_dense(c, c.mlp_dim, False, 'gate_proj')(x))
-    return _dense(c, c.width, False, 'down_proj')(hidden * _dense(c, c.mlp_dim, False,
-                                                                   'up_proj')(x))
+    hidden = layers.swiglu(_dense(c, c.mlp_dim, False, 'gate_proj')(x),
+                           _dense(c, c.mlp_dim, False, 'up_proj')(x))
+    return _dense(c, c.width, False, 'down_proj')(hidden)
 
 
 class Block(nn.Module):
@@ -259,10 +354,10 @@ class Block(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv=None):
+  def __call__(self, x, rope, mask, kv=None, causal=False):
     c = self.config
     attn, new_kv = Attention(c, name='self_attn')(
-        RMSNorm(c.rms_eps, name='input_layernorm')(x), positions, mask, kv)
+        RMSNorm(c.rms_eps, name='input_layernorm')(x), rope, mask, kv, causal)
     x = x + attn
     h = RMSNorm(c.rms_eps, name='post_attention_layernorm')(x)
     if not c.num_experts:
@@ -279,16 +374,20 @@ class Block(nn.Module):
 class Decoder(nn.Module):
   """Decoder-only LM.
 
-  `__call__(tokens [b, s], positions [b, s], mask [b, s, t] | None, cache=None)` returns
-  float32 logits `[b, s, vocab]`, or `(logits, cache)` when a cache is given (use `prefill`
-  and `decode_step` rather than passing a cache directly). `mask=None` means plain causal
-  attention over the s tokens (no padding).
+  `__call__(tokens [b, s], positions [b, s], mask [b, s, t] | None, cache=None, causal=False)`
+  returns float32 logits `[b, s, vocab]`, or `(logits, cache)` when a cache is given (use
+  `prefill` and `decode_step` rather than passing a cache directly). `mask=None` means plain
+  causal attention over the s tokens (no padding). `causal=True` promises that `mask` is
+  causal (no query sees a later key; e.g. `causal_mask`, segment-causal packing masks), so the
+  cache-free path skips the key blocks above the diagonal; a non-causal mask would then be
+  silently cut to its causal part.
   """
 
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, tokens, positions, mask=None, cache: Cache | None = None):
+  def __call__(self, tokens, positions, mask=None, cache: Cache | None = None,
+               causal: bool = False):
     c = self.config
     chex.assert_rank([tokens, positions], 2)
     chex.assert_equal_shape([tokens, positions])
@@ -297,16 +396,18 @@ class Decoder(nn.Module):
       if cache is not None:
         raise ValueError('decoding with a cache needs an explicit mask (see prefill)')
       mask = jnp.broadcast_to(jnp.tril(jnp.ones((s, s), bool)), (b, s, s))
+      causal = True
     chex.assert_rank(mask, 3)
     chex.assert_type(mask, bool)
     embed = nn.Embed(c.vocab_size, c.width, embedding_init=_INIT, name='embed_tokens')
     x = embed(tokens).astype(c.compute_dtype)
+    rope = rope_tables(positions, c.head_dim, c.rope_theta)
     new_k, new_v = [], []
     for i in range(c.depth):
       kv = None if cache is None else (cache['k'][i], cache['v'][i], cache['index'])
       if cache is not None and 'prefix_k' in cache:
         kv += (cache['prefix_k'][i], cache['prefix_v'][i], cache['prefix_valid'])
-      x, layer_kv = Block(c, name=f'layers_{i}')(x, positions, mask, kv)
+      x, layer_kv = Block(c, name=f'layers_{i}')(x, rope, mask, kv, causal)
       if cache is not None:
         new_k.append(layer_kv[0])
         new_v.append(layer_kv[1])

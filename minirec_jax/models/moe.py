@@ -37,6 +37,8 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
+from minirec_jax.models import layers
+
 AUX_LOSS = 'moe_aux_loss'
 EXPERT_PARAMS = ('gate_proj', 'up_proj', 'down_proj')
 
@@ -145,8 +147,8 @@ class MoeMlp(nn.Module):
     gate = weight('gate_proj', (e, width, self.mlp_dim))
     up = weight('up_proj', (e, width, self.mlp_dim))
     down = weight('down_proj', (e, self.mlp_dim, width))
-    hidden = (nn.silu(jnp.einsum('becd,edf->becf', slots, gate)) *
-              jnp.einsum('becd,edf->becf', slots, up))
+    hidden = layers.swiglu(jnp.einsum('becd,edf->becf', slots, gate),
+                           jnp.einsum('becd,edf->becf', slots, up))
     out = jnp.einsum('becf,efd->becd', hidden, down).reshape(b, e * capacity, width)
     out = jnp.concatenate([out, jnp.zeros((b, 1, width), out.dtype)], axis=1)
     picked = jax.vmap(lambda r, idx: r[idx])(out, choice_slot)  # [b, s, k, width]

@@ -63,14 +63,18 @@ def weighted_token_loss(logits: jax.Array, labels: jax.Array,
 
 
 def decoder_apply_fn(model: decoder_lib.Decoder) -> ApplyFn:
-  """The ApplyFn of a decoder: logits, plus {moe_aux_loss, PENALTY} for a MoE decoder."""
+  """The ApplyFn of a decoder: logits, plus {moe_aux_loss, PENALTY} for a MoE decoder.
+
+  Every mask this module builds is causal within segments, so the decoder may skip the key
+  blocks above the diagonal (`causal=True`).
+  """
   c = model.config
 
   def apply_fn(params, tokens, positions, mask, rng):
     del rng  # the decoder has no dropout
     if not c.num_experts:
-      return model.apply({'params': params}, tokens, positions, mask)
-    logits, state = model.apply({'params': params}, tokens, positions, mask,
+      return model.apply({'params': params}, tokens, positions, mask, causal=True)
+    logits, state = model.apply({'params': params}, tokens, positions, mask, causal=True,
                                 mutable=['intermediates'])
     balance = moe.aux_loss(state['intermediates'])
     return logits, {moe.AUX_LOSS: balance, PENALTY: c.moe_aux_weight * balance}
