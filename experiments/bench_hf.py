@@ -26,7 +26,8 @@ items, left-padded; HF derives position ids from the attention mask exactly as
     cache (`decoder.prefill_shared`).
 (c) Training: one SFT step on a [32, 128] batch (the SFT config's batch and seq_len, one
     segment per row so both sides run plain causal attention): our jitted `make_sft_step` vs an
-    eager PyTorch step (forward, cross-entropy, backward, clip, AdamW with the same settings).
+    eager PyTorch step (forward, cross-entropy, backward, clip, AdamW with the same settings),
+    timed in --train_rounds alternating rounds of --train_steps steps; the median round counts.
 
 Speed-ups are their time / our time (> 1: ours is faster). torch runs os.cpu_count() threads.
 """
@@ -34,6 +35,7 @@ Speed-ups are their time / our time (> 1: ours is faster). torch runs os.cpu_cou
 import json
 import os
 import platform
+import statistics
 import time
 from typing import Callable
 
@@ -67,7 +69,9 @@ _BEAM = flags.DEFINE_integer('beam', 50, 'Beam width.')
 _TOP = flags.DEFINE_integer('top', 10, 'Length of the compared ranked lists.')
 _TIE_TOL = flags.DEFINE_float('tie_tol', 1e-4, 'Score gap below which two ranks are a tie.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed decoding repetitions (best is kept).')
-_TRAIN_STEPS = flags.DEFINE_integer('train_steps', 10, 'Timed training steps per side.')
+_TRAIN_STEPS = flags.DEFINE_integer('train_steps', 5, 'Timed training steps per side and round.')
+_TRAIN_ROUNDS = flags.DEFINE_integer('train_rounds', 6, 'Alternating timing rounds per side '
+                                     '(the median round is reported).')
 _INDEX = flags.DEFINE_string(
     'index_json', os.path.join(OFFICIAL_ROOT, 'index', 'Industrial_and_Scientific.index.json'),
     'Official SIDs; random SIDs of the same shape when the file is absent.')
@@ -255,15 +259,28 @@ def sft_batch(vocab: sid_sequences.SidVocab, batch: int, seq_len: int,
           'weights': np.ones((batch, seq_len), np.float32)}
 
 
-def time_steps(step: Callable[[], float], steps: int) -> tuple[float, float]:
-  """(loss of the first call, mean seconds per call over `steps` later calls after 2 more)."""
-  first_loss = step()
-  step()
-  step()
-  start = time.perf_counter()
-  for _ in range(steps):
+def alternating_step_times(sides: dict[str, Callable[[], float]], steps: int, rounds: int
+                           ) -> tuple[dict[str, float], dict[str, list[float]]]:
+  """Times the sides in alternating rounds of `steps` calls each (after 3 warm-up calls).
+
+  Each round starts after a 1 s pause and one untimed call, so neither side's worker threads
+  (OpenMP spins after a parallel region) still hold a core when the other side starts.
+  Returns ({side: loss of its first call}, {side: seconds per step of each round}).
+  """
+  first_losses = {name: step() for name, step in sides.items()}
+  for step in sides.values():
     step()
-  return first_loss, (time.perf_counter() - start) / steps
+    step()
+  per_round = {name: [] for name in sides}
+  for _ in range(rounds):
+    for name, step in sides.items():
+      time.sleep(1.0)
+      step()
+      start = time.perf_counter()
+      for _ in range(steps):
+        step()
+      per_round[name].append((time.perf_counter() - start) / steps)
+  return first_losses, per_round
 
 
 def our_train_step(config, params, optim_config, batch) -> Callable[[], float]:
@@ -309,16 +326,20 @@ def torch_train_step(model, optim_config, batch) -> Callable[[], float]:
   return run
 
 
-def train_bench(config, params, model, vocab, steps: int) -> dict:
+def train_bench(config, params, model, vocab, steps: int, rounds: int) -> dict:
   sft_config = load_config('configs/sft.py:dataset=industrial')
   batch_size, seq_len = sft_config.train.batch_size, sft_config.train.seq_len
   batch = sft_batch(vocab, batch_size, seq_len)
-  our_loss, our_s = time_steps(our_train_step(config, params, sft_config.optim, batch), steps)
-  hf_loss, hf_s = time_steps(torch_train_step(model, sft_config.optim, batch), steps)
-  return {'batch': batch_size, 'seq_len': seq_len, 'steps': steps,
-          'first_loss_ours': our_loss, 'first_loss_torch': hf_loss,
-          'ours_s_per_step': our_s, 'torch_s_per_step': hf_s,
-          'time_ratio_ours_over_torch': our_s / hf_s, 'speedup_vs_torch': hf_s / our_s}
+  losses, per_round = alternating_step_times(
+      {'ours': our_train_step(config, params, sft_config.optim, batch),
+       'torch': torch_train_step(model, sft_config.optim, batch)}, steps, rounds)
+  ours, torch_s = statistics.median(per_round['ours']), statistics.median(per_round['torch'])
+  return {'batch': batch_size, 'seq_len': seq_len, 'steps_per_round': steps, 'rounds': rounds,
+          'first_loss_ours': losses['ours'], 'first_loss_torch': losses['torch'],
+          'ours_s_per_step_rounds': per_round['ours'],
+          'torch_s_per_step_rounds': per_round['torch'],
+          'ours_s_per_step': ours, 'torch_s_per_step': torch_s,
+          'time_ratio_ours_over_torch': ours / torch_s, 'speedup_vs_torch': torch_s / ours}
 
 
 def main(argv):
@@ -341,7 +362,7 @@ def main(argv):
   decode = decode_bench(rec, params, model, history, lengths, beam=_BEAM.value,
                         hf_batch=_HF_BATCH.value, k=k, tol=tol, repeats=_REPEATS.value)
   print('decode:', decode)
-  train = train_bench(config, params, model, rec.vocab, _TRAIN_STEPS.value)
+  train = train_bench(config, params, model, rec.vocab, _TRAIN_STEPS.value, _TRAIN_ROUNDS.value)
   print('train:', train)
   result = {
       'machine': f'{platform.node()} {os.cpu_count()} cpus', 'huge_pages': host_memory.active(),

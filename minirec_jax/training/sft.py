@@ -57,7 +57,10 @@ def weighted_token_loss(logits: jax.Array, labels: jax.Array,
   chex.assert_equal_shape([labels, weights])
   logits = logits.astype(jnp.float32)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  # The label's logit reaching the row max (ties count as hits) shares the max that the
+  # cross-entropy computes anyway; argmax is a separate variadic reduce (~1% of a CPU step).
+  label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  correct = (label_logits >= jnp.max(logits, axis=-1)).astype(jnp.float32)
   return {'loss_sum': jnp.sum(losses * weights), 'weight_sum': jnp.sum(weights),
           'correct_sum': jnp.sum(correct * weights)}
 
