@@ -7,7 +7,7 @@ Every field can be overridden, e.g. `--config.data.manual_dir=/path/to/Amazon`.
 
 import ml_collections
 
-from minirec_jax.config_utils import data_config
+from minirec_jax.infra.config_utils import data_config
 
 
 def get_config(arg: str = 'ml100k') -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@ k3 KL with beta 1e-3, unbiased group std + 1e-4, one update per rollout, lr 1e-5
 
 import ml_collections
 
-from minirec_jax.config_utils import optimizer_config, parse_arg
+from minirec_jax.infra.config_utils import optimizer_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -15,8 +15,8 @@ grpo.grpo.reward_model when grpo.grpo.rewards.collab > 0).
 
 import ml_collections
 
-from minirec_jax.config_utils import load_config, parse_arg
 from minirec_jax.evaluation import ranking
+from minirec_jax.infra.config_utils import load_config, parse_arg
 
 _PAPER_DATASETS = ('industrial', 'office')
 

@@ -20,7 +20,7 @@ Variants:
 
 import ml_collections
 
-from minirec_jax.config_utils import data_config, parse_arg
+from minirec_jax.infra.config_utils import data_config, parse_arg
 from minirec_jax.models import sasrec
 
 

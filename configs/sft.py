@@ -7,7 +7,7 @@ minirec_jax/models/variants.py), sids ('official' = the dataset's own index.json
 
 import ml_collections
 
-from minirec_jax.config_utils import data_config, optimizer_config, parse_arg
+from minirec_jax.infra.config_utils import data_config, optimizer_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

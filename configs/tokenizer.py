@@ -6,7 +6,7 @@ Arguments: dataset (configs/dataset.py name), method ('rqvae' | 'rqkmeans'), pre
 
 import ml_collections
 
-from minirec_jax.config_utils import data_config, parse_arg
+from minirec_jax.infra.config_utils import data_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -14,8 +14,8 @@ import os
 from absl import app
 from absl import flags
 
-from minirec_jax import io_utils
 from minirec_jax.evaluation import compare
+from minirec_jax.infra import io_utils
 
 _RUNS = flags.DEFINE_list('runs', None, 'Workdirs with a results.json.', required=True)
 _SPLIT = flags.DEFINE_string('split', 'test', 'Split in results.json.')

@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from minirec_jax import host_memory
-from minirec_jax import io_utils
-from minirec_jax import timing
+from minirec_jax.infra import host_memory
+from minirec_jax.infra import io_utils
+from minirec_jax.infra import timing
 
 _REPEATS = flags.DEFINE_integer('repeats', 15, 'Timed calls per op and side (median kept).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')

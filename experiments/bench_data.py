@@ -15,11 +15,11 @@ import time
 from absl import app
 from absl import flags
 
-from minirec_jax import host_memory
-from minirec_jax import io_utils
 from minirec_jax.data import loading
 from minirec_jax.data import pipeline
-from minirec_jax.config_utils import load_config
+from minirec_jax.infra import host_memory
+from minirec_jax.infra import io_utils
+from minirec_jax.infra.config_utils import load_config
 
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 _DATASETS = flags.DEFINE_list('datasets', ['industrial', 'ml100k', 'ml100k_loo'],

@@ -19,12 +19,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from minirec_jax import host_memory
-from minirec_jax import io_utils
-from minirec_jax.config_utils import load_config
 from minirec_jax.data import pipeline
 from minirec_jax.evaluation import generative
-from minirec_jax.training import sft_loop
+from minirec_jax.infra import host_memory
+from minirec_jax.infra import io_utils
+from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import sft as sft_loop
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'SFT workdir (best checkpoint).')
 _RANDOM = flags.DEFINE_bool('random_init', False, 'Use random parameters instead.')

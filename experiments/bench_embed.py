@@ -18,10 +18,10 @@ from absl import flags
 import jax
 import numpy as np
 
-from minirec_jax import config_utils
-from minirec_jax import host_memory
-from minirec_jax import io_utils
 from minirec_jax.data.official import reader
+from minirec_jax.infra import config_utils
+from minirec_jax.infra import host_memory
+from minirec_jax.infra import io_utils
 from minirec_jax.semantic_ids import embeddings
 from minirec_jax.semantic_ids import item_text
 from minirec_jax.semantic_ids import text_encoder

@@ -18,10 +18,10 @@ import time
 from absl import app
 from absl import flags
 
-from minirec_jax import host_memory
-from minirec_jax import io_utils
-from minirec_jax.config_utils import load_config
-from minirec_jax.training import grpo_loop
+from minirec_jax.infra import host_memory
+from minirec_jax.infra import io_utils
+from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import grpo as grpo_loop
 
 _INIT_FROM = flags.DEFINE_string('init_from', None, 'SFT workdir.', required=True)
 _STEPS = flags.DEFINE_integer('steps', 12, 'GRPO steps (the first one compiles).')

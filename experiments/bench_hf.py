@@ -47,20 +47,20 @@ import numpy as np
 import torch
 import transformers
 
-from minirec_jax import host_memory
-from minirec_jax import io_utils
-from minirec_jax import sid_sequences
-from minirec_jax import timing
-from minirec_jax.config_utils import OFFICIAL_ROOT, load_config
+from minirec_jax.data import sid_sequences
 from minirec_jax.evaluation import generative
+from minirec_jax.infra import host_memory
+from minirec_jax.infra import io_utils
+from minirec_jax.infra import optim
+from minirec_jax.infra import timing
+from minirec_jax.infra.config_utils import OFFICIAL_ROOT, load_config
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import variants
 from minirec_jax.semantic_ids import catalogue as catalogue_lib
 from minirec_jax.semantic_ids import trie as trie_lib
-from minirec_jax.training import optim
 from minirec_jax.training import parallel
 from minirec_jax.training import sft
-from minirec_jax.training import sft_loop
+from minirec_jax.training import state as state_lib
 
 _VARIANT = flags.DEFINE_string('variant', 'S', 'Model variant (models/variants.py).')
 _USERS = flags.DEFINE_integer('users', 64, 'Prompts decoded by each side.')
@@ -286,7 +286,7 @@ def alternating_step_times(sides: dict[str, Callable[[], float]], steps: int, ro
 def our_train_step(config, params, optim_config, batch) -> Callable[[], float]:
   """Our jitted SFT step on a fixed batch; each call runs one step and returns its loss."""
   tx, _ = optim.from_config(optim_config, total_steps=1000)
-  state = sft.TrainState.create(apply_fn=None, params=jax.tree.map(jnp.array, params), tx=tx)
+  state = state_lib.TrainState.create(apply_fn=None, params=jax.tree.map(jnp.array, params), tx=tx)
   mesh = parallel.make_mesh()
   step = parallel.jit_data_parallel(
       sft.make_sft_step(sft.decoder_apply_fn(decoder_lib.Decoder(config))), mesh)

@@ -19,11 +19,12 @@ from absl import app
 from absl import flags
 import jax
 
-from minirec_jax import host_memory
-from minirec_jax import io_utils
-from minirec_jax.config_utils import load_config
+from minirec_jax.infra import host_memory
+from minirec_jax.infra import io_utils
+from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import sasrec
 from minirec_jax.training import parallel
-from minirec_jax.training import sasrec
+from minirec_jax.training import sasrec as sasrec_steps
 
 _DATASETS = flags.DEFINE_list('datasets', ['ml100k_loo', 'industrial'], 'Dataset presets.')
 _VARIANT = flags.DEFINE_string('variant', 'recbole', 'official | recbole | bpr.')
@@ -62,7 +63,7 @@ def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool, share: str
   mesh = parallel.make_mesh(config.mesh.num_devices or None)
   state = sasrec.init_state(s, config, mesh)
   step_fn = parallel.jit_data_parallel(
-      sasrec.make_train_step(s.ranker, config.train.loss, s.num_items), mesh)
+      sasrec_steps.make_train_step(s.ranker, config.train.loss, s.num_items), mesh)
   rng = jax.random.key(0)
   train = s.splits['train']
   batch_size = config.train.batch_size

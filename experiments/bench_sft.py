@@ -17,16 +17,15 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from minirec_jax import host_memory
-from minirec_jax import io_utils
-from minirec_jax.config_utils import load_config
 from minirec_jax.data import pipeline
+from minirec_jax.infra import host_memory
+from minirec_jax.infra import io_utils
+from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import sft as sft_loop
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.training import parallel
 from minirec_jax.training import sft
-from minirec_jax.training import sft_loop
 
 _VARIANTS = flags.DEFINE_list('variants', ['S', 'M'], 'Model variants to time.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per variant (after 3 warm-up steps).')

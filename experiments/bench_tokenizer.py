@@ -22,8 +22,8 @@ from absl import flags
 import jax
 import numpy as np
 
-from minirec_jax import host_memory
-from minirec_jax import io_utils
+from minirec_jax.infra import host_memory
+from minirec_jax.infra import io_utils
 from minirec_jax.semantic_ids import collisions
 from minirec_jax.semantic_ids import report as report_lib
 from minirec_jax.semantic_ids import rqkmeans

@@ -10,10 +10,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from minirec_jax import io_utils
 from minirec_jax.data import loading
 from minirec_jax.data import stats as stats_lib
 from minirec_jax.data.errors import DataError
+from minirec_jax.infra import io_utils
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/dataset.py:ml100k',
                                           'Dataset config.', lock_config=True)

@@ -17,10 +17,10 @@ import sys
 from absl import app
 from absl import flags
 
-from minirec_jax import io_utils
 from minirec_jax.data.errors import DataError
 from minirec_jax.evaluation import compare
 from minirec_jax.evaluation import predictions
+from minirec_jax.infra import io_utils
 
 _BASELINE = flags.DEFINE_string('baseline', None, 'Baseline workdir or predictions file.',
                                 required=True)

@@ -14,10 +14,10 @@ import sys
 from absl import app
 from absl import flags
 
-from minirec_jax import io_utils
 from minirec_jax.data.errors import DataError
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
+from minirec_jax.infra import io_utils
 
 _PREDICTIONS = flags.DEFINE_string('predictions', None, 'Predictions JSONL file.',
                                    required=True)

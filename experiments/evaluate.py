@@ -12,9 +12,9 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from minirec_jax import host_memory
-from minirec_jax import io_utils
-from minirec_jax.training import sft_loop
+from minirec_jax.infra import host_memory
+from minirec_jax.infra import io_utils
+from minirec_jax.loops import sft as sft_loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config (default: the workdir\'s).',
                                           lock_config=True)

@@ -24,7 +24,7 @@ import numpy as np
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)  # io_utils only (stdlib): the throwaway venv lacks the project deps
-from minirec_jax import io_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
+from minirec_jax.infra import io_utils  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SENTENCES = [
     'hello world',

@@ -16,8 +16,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from minirec_jax import experiment_pipeline
-from minirec_jax import host_memory
 from minirec_jax.data.errors import DataError
+from minirec_jax.infra import host_memory
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/pipeline.py',
                                           'Pipeline config.', lock_config=True)

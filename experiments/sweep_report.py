@@ -15,9 +15,9 @@ import os
 from absl import app
 from absl import flags
 
-from minirec_jax import io_utils
-from minirec_jax import metric_logging
-from minirec_jax import scaling
+from minirec_jax.evaluation import scaling
+from minirec_jax.infra import io_utils
+from minirec_jax.infra import metric_logging
 
 _ROOT = flags.DEFINE_string('root', 'workdirs/sweep', 'Sweep folder.')
 _OUTPUT = flags.DEFINE_string('output', 'docs/sweep', 'Folder for plots, table and fits.')

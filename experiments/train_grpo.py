@@ -8,8 +8,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from minirec_jax import host_memory
-from minirec_jax.training import grpo_loop
+from minirec_jax.infra import host_memory
+from minirec_jax.loops import grpo as grpo_loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'GRPO config.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder.')

@@ -12,8 +12,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from minirec_jax import host_memory
-from minirec_jax.training import sasrec
+from minirec_jax.infra import host_memory
+from minirec_jax.loops import sasrec
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'SASRec/baseline config.',
                                           lock_config=True)

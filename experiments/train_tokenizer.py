@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from minirec_jax import host_memory
+from minirec_jax.infra import host_memory
 from minirec_jax.semantic_ids import report as report_lib
 from minirec_jax.semantic_ids import stage
 

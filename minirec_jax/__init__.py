@@ -24,7 +24,7 @@ Training steps
     weights, ...) -> step(state, ref_params, reward_params, batch, rng): one GRPO update.
   make_sasrec_train_step(ranker, loss, num_items) -> step(state, batch, rng): SASRec/BPR step.
 
-Devices (minirec_jax.distributed.initialize() first on multi-host runs)
+Devices (minirec_jax.infra.distributed.initialize() first on multi-host runs)
   make_mesh(num_devices=None, fsdp=1) -> Mesh ('data', 'fsdp') of shape [devices/fsdp, fsdp].
   shard_batch(batch, mesh): this process's rows [b_local, ...] -> global arrays split over all
     devices.
@@ -71,10 +71,10 @@ _EXPORTS = {
     'DecoderConfig': ('minirec_jax.models.decoder', 'DecoderConfig'),
     'decoder_config': ('minirec_jax.models.variants', 'decoder_config'),
     'VARIANTS': ('minirec_jax.models.variants', 'VARIANTS'),
-    'SidVocab': ('minirec_jax.sid_sequences', 'SidVocab'),
+    'SidVocab': ('minirec_jax.data.sid_sequences', 'SidVocab'),
     'SASRec': ('minirec_jax.models.sasrec', 'SASRec'),
     'SASRecConfig': ('minirec_jax.models.sasrec', 'SASRecConfig'),
-    'TrainState': ('minirec_jax.training.sft', 'TrainState'),
+    'TrainState': ('minirec_jax.training.state', 'TrainState'),
     'make_sft_step': ('minirec_jax.training.sft', 'make_sft_step'),
     'make_sft_eval_step': ('minirec_jax.training.sft', 'make_sft_eval_step'),
     'make_grpo_step': ('minirec_jax.rl.step', 'make_grpo_step'),
@@ -88,11 +88,11 @@ _EXPORTS = {
     'constrained_beam_search': ('minirec_jax.decoding.beam_search', 'constrained_beam_search'),
     'beam_search_prompts': ('minirec_jax.decoding.prompted', 'beam_search_prompts'),
     'sample_prompts': ('minirec_jax.decoding.prompted', 'sample_prompts'),
-    'rule_reward': ('minirec_jax.rewards', 'rule_reward'),
-    'rank_reward': ('minirec_jax.rewards', 'rank_reward'),
-    'prefix_reward': ('minirec_jax.rewards', 'prefix_reward'),
-    'collaborative_reward': ('minirec_jax.rewards', 'collaborative_reward'),
-    'combine_rewards': ('minirec_jax.rewards', 'combine'),
+    'rule_reward': ('minirec_jax.rl.rewards', 'rule_reward'),
+    'rank_reward': ('minirec_jax.rl.rewards', 'rank_reward'),
+    'prefix_reward': ('minirec_jax.rl.rewards', 'prefix_reward'),
+    'collaborative_reward': ('minirec_jax.rl.rewards', 'collaborative_reward'),
+    'combine_rewards': ('minirec_jax.rl.rewards', 'combine'),
     'group_advantages': ('minirec_jax.rl.grpo', 'group_advantages'),
     'kl_estimate': ('minirec_jax.rl.grpo', 'kl_estimate'),
     'grpo_loss': ('minirec_jax.rl.grpo', 'grpo_loss'),

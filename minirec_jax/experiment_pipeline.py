@@ -5,9 +5,9 @@ Stages, in order, each in `<workdir>/<stage>/`:
   dataset       build/open the TFDS dataset; statistics (stats.json)
   embeddings    item text embeddings (MiniLM, or a user .npy) -> embeddings.npy
   semantic_ids  RQ-VAE / RQ-KMeans codes -> collision-free SIDs (semantic_ids/stage.py)
-  sft           generative recommender on those SIDs (training/sft_loop.py)
-  sasrec        the SASRec baseline, also the collaborative reward model (training/sasrec.py)
-  grpo          GRPO from the best SFT checkpoint (training/grpo_loop.py)
+  sft           generative recommender on those SIDs (loops/sft.py)
+  sasrec        the SASRec baseline, also the collaborative reward model (loops/sasrec.py)
+  grpo          GRPO from the best SFT checkpoint (loops/grpo.py)
   evaluation    test metrics of SFT, GRPO and SASRec on the same test rows, from their
                 predictions files; the Table-1 layout in `<workdir>/results.{md,json}`
 
@@ -33,17 +33,17 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from minirec_jax import io_utils
 from minirec_jax.data import loading
 from minirec_jax.data import stats as stats_lib
 from minirec_jax.data.errors import DataError
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
+from minirec_jax.infra import io_utils
+from minirec_jax.loops import grpo as grpo_loop
+from minirec_jax.loops import sasrec as sasrec_train
+from minirec_jax.loops import sft as sft_loop
 from minirec_jax.semantic_ids import catalogue
 from minirec_jax.semantic_ids import stage as sid_stage
-from minirec_jax.training import grpo_loop
-from minirec_jax.training import sasrec as sasrec_train
-from minirec_jax.training import sft_loop
 
 STAGES = ('dataset', 'embeddings', 'semantic_ids', 'sft', 'sasrec', 'grpo', 'evaluation')
 DONE_FILE = 'DONE.json'

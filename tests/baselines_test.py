@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minirec_jax.config_utils import load_config
 from minirec_jax.evaluation import predictions
+from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import sasrec as train_lib
 from minirec_jax.models import baselines
 from minirec_jax.testing import write_official_layout
 from minirec_jax.training import parallel
-from minirec_jax.training import sasrec as train_lib
-from minirec_jax.training.sft import TrainState
+from minirec_jax.training import sasrec as sasrec_steps
+from minirec_jax.training.state import TrainState
 
 
 def _arrays(history, target, user):
@@ -30,8 +31,8 @@ def test_popularity_counts_targets_and_ranks_everyone_the_same():
   np.testing.assert_array_equal(counts, [1, 2, 0, 3, 0])
   with pytest.raises(ValueError, match='outside'):
     baselines.popularity_counts(np.asarray([5]), 5)
-  ranker = train_lib.pop_ranker(np.asarray([3, 1, 3, 3, 0, 1]), 5)
-  eval_fn = train_lib.make_eval_fn(ranker, 5)
+  ranker = sasrec_steps.pop_ranker(np.asarray([3, 1, 3, 3, 0, 1]), 5)
+  eval_fn = sasrec_steps.make_eval_fn(ranker, 5)
   batch = {'history': jnp.zeros((2, 3), jnp.int32), 'history_len': jnp.ones(2, jnp.int32),
            'target': jnp.asarray([3, 0]), 'user': jnp.zeros(2, jnp.int32),
            'valid': jnp.ones(2, bool)}
@@ -56,9 +57,9 @@ def _train(ranker, train, num_items, steps, lr=0.05, batch_size=64):
   config = load_config('configs/sasrec.py:variant=bpr')
   config.optim.lr = lr
   state = TrainState.create(apply_fn=None, params=ranker.init(jax.random.key(0)),
-                            tx=train_lib.optimizer(config.optim))
+                            tx=sasrec_steps.optimizer(config.optim))
   mesh = parallel.make_mesh()
-  step_fn = parallel.jit_data_parallel(train_lib.make_train_step(ranker, 'bpr', num_items),
+  step_fn = parallel.jit_data_parallel(sasrec_steps.make_train_step(ranker, 'bpr', num_items),
                                        mesh)
   epoch = 0
   while int(state.step) < steps:
@@ -83,9 +84,9 @@ def test_bpr_learns_a_planted_preference(user_repr):
 
   config = baselines.BPRConfig(num_items=num_items, num_users=num_users, dim=8,
                                user_repr=user_repr)
-  ranker = train_lib.bpr_ranker(config, max_history=3)
+  ranker = sasrec_steps.bpr_ranker(config, max_history=3)
   params, mesh = _train(ranker, rows(1024), num_items, steps=200)
-  metrics, _ = train_lib.evaluate(train_lib.make_eval_fn(ranker, num_items), params, rows(256),
+  metrics, _ = train_lib.evaluate(sasrec_steps.make_eval_fn(ranker, num_items), params, rows(256),
                                   batch_size=64, ks=(10,), mesh=mesh)
   # Random ranking: HR@10 = 0.25; a perfect group model: 1.0 (the group's 10 items on top).
   assert metrics['hr@10'] > 0.9, metrics

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minirec_jax import sid_sequences as ss
+from minirec_jax.data import sid_sequences as ss
 from minirec_jax.decoding import beam_search
 from minirec_jax.decoding import sampling
 from minirec_jax.models import decoder as decoder_lib

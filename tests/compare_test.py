@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from minirec_jax import metric_logging
 from minirec_jax.data.errors import DataError
 from minirec_jax.evaluation import compare
 from minirec_jax.evaluation import predictions
+from minirec_jax.infra import metric_logging
 
 
 def _write(path, ranked):

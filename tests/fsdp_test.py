@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from minirec_jax.config_utils import optimizer_config
+from minirec_jax.infra.config_utils import optimizer_config
+from minirec_jax.loops import sft as sft_loop
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import variants
-from minirec_jax.training import parallel, sft, sft_loop
+from minirec_jax.training import parallel, sft
 
 SEQ = 24
 

@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from minirec_jax.config_utils import load_config
 from minirec_jax.data import synthetic
+from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import grpo as grpo_loop
+from minirec_jax.loops import sft as sft_loop
 from minirec_jax.testing import write_synthetic_layout
-from minirec_jax.training import grpo_loop
-from minirec_jax.training import sft_loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,16 +8,16 @@ import numpy as np
 import optax
 import pytest
 
-from minirec_jax import rewards
-from minirec_jax import sid_sequences as ss
+from minirec_jax.data import sid_sequences as ss
 from minirec_jax.decoding import prompted
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import variants
 from minirec_jax.rl import grpo
+from minirec_jax.rl import rewards
 from minirec_jax.rl import rollout as rollout_lib
 from minirec_jax.rl import step as step_lib
 from minirec_jax.semantic_ids import trie as trie_lib
-from minirec_jax.training import sft
+from minirec_jax.training import state as state_lib
 
 
 def test_group_advantages_golden():
@@ -119,7 +119,7 @@ def test_grpo_increases_expected_reward_on_a_toy_task(mode):
       config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
       item_to_group=trie.item_to_group, codes_table=trie.codes,
       weights={'rule': 1.0, 'rank': 1.0}, beta=0.0))
-  state = sft.TrainState.create(apply_fn=None, params=params, tx=optax.adam(3e-3))
+  state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.adam(3e-3))
   before = _target_prob(config, params, vocab, codes, prompts, positions, mask, targets)
   ref = params
   hit_rates = []
@@ -182,7 +182,7 @@ def test_sft_anchor_adds_the_weighted_target_nll():
         config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
         item_to_group=trie.item_to_group, codes_table=trie.codes, weights={'rule': 1.0},
         sft_weight=weight))
-    state = sft.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.0))
+    state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.0))
     losses[weight] = step(state, params, None, batch, jax.random.key(0))[1]
   completion = jnp.asarray(vocab.item_tokens(codes)[np.asarray(targets)])
   nll = -float(_log_probs(config, params, prompts, positions, mask, completion).mean())

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from minirec_jax import sid_sequences  # noqa: E402
+from minirec_jax.data import sid_sequences  # noqa: E402
 from minirec_jax.evaluation import generative  # noqa: E402
 from minirec_jax.models import decoder as decoder_lib  # noqa: E402
 from minirec_jax.models import variants  # noqa: E402

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from minirec_jax import host_memory
+from minirec_jax.infra import host_memory
 
 NEW_GLIBC = (2, 36)
 
@@ -43,7 +43,7 @@ def test_kernel_setting(tmp_path, content, expected):
 
 def test_a_binary_reexecutes_itself_once_with_the_tunable(tmp_path):
   binary = tmp_path / 'binary.py'
-  binary.write_text('import os\nfrom minirec_jax import host_memory\nprint("start", flush=True)\n'
+  binary.write_text('import os\nfrom minirec_jax.infra import host_memory\nprint("start", flush=True)\n'
                     'host_memory.use_huge_pages(__file__)\n'
                     'print(os.environ.get("GLIBC_TUNABLES"))\n')
   env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'MINIREC_HUGE_PAGES')}

@@ -13,6 +13,7 @@ from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import moe
 from minirec_jax.models import variants
 from minirec_jax.training import sft
+from minirec_jax.training import state as state_lib
 
 VOCAB = 40
 SEQ = 8
@@ -236,7 +237,7 @@ def test_sft_step_adds_the_penalty_and_reports_aux_scalars():
     return sums['loss_sum'] / sums['weight_sum'] + aux[sft.PENALTY], aux
 
   params = {'table': np.random.default_rng(0).normal(size=(VOCAB, VOCAB)).astype(np.float32)}
-  state = sft.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(1.0))
+  state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(1.0))
   new_state, metrics = jax.jit(sft.make_sft_step(apply_fn))(state, batch, jax.random.key(0))
   want, aux = jax.jit(jax.grad(objective, has_aux=True))(params)
   np.testing.assert_allclose(params['table'] - new_state.params['table'], want['table'],
@@ -259,7 +260,7 @@ def test_decoder_apply_fn_returns_the_balance_loss_of_moe_models_only():
 
 def test_a_few_sft_steps_lower_the_loss():
   step = jax.jit(sft.make_sft_step(sft.decoder_apply_fn(decoder_lib.Decoder(CONFIG))))
-  state = sft.TrainState.create(apply_fn=None, params=_params(), tx=optax.sgd(1.0))
+  state = state_lib.TrainState.create(apply_fn=None, params=_params(), tx=optax.sgd(1.0))
   batch = _batch()
   losses = []
   for i in range(10):

@@ -17,12 +17,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from minirec_jax import checkpointing, distributed
-from minirec_jax.config_utils import optimizer_config
 from minirec_jax.data import pipeline
+from minirec_jax.infra import checkpointing, distributed
+from minirec_jax.infra.config_utils import optimizer_config
+from minirec_jax.loops import sft as sft_loop
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import variants
-from minirec_jax.training import parallel, sft, sft_loop
+from minirec_jax.training import parallel, sft
 
 ROWS, SEQ, BATCH, STEPS, PROCESSES = 64, 16, 16, 3, 2
 FSDP_SIZES = (1, 2)  # one process: meshes (data x fsdp) 8x1 and 4x2

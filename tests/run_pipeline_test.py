@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from minirec_jax import experiment_pipeline as ep
-from minirec_jax.config_utils import load_config
 from minirec_jax.evaluation import predictions
+from minirec_jax.infra.config_utils import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO, 'experiments', 'run_pipeline.py')

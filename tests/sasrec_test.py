@@ -9,11 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minirec_jax.config_utils import load_config
+from minirec_jax.data import sasrec_packing
 from minirec_jax.evaluation import predictions
+from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import sasrec as train_lib
+from minirec_jax.models import layers
 from minirec_jax.models import sasrec
 from minirec_jax.testing import write_official_layout
-from minirec_jax.training import sasrec as train_lib
+from minirec_jax.training import sasrec as sasrec_steps
 
 VARIANTS = ('official', 'recbole')
 
@@ -110,7 +113,7 @@ def _user_windows(num_items, max_len, seed):
 
 def test_prefix_representatives_are_longest_extensions():
   history, lengths = _user_windows(11, 6, seed=3)
-  rep = sasrec.prefix_representatives(history, lengths)
+  rep = sasrec_packing.prefix_representatives(history, lengths)
   n = len(lengths)
   as_tuples = [tuple(history[i, :lengths[i]]) for i in range(n)]
   for i in range(n):
@@ -131,13 +134,13 @@ def test_packed_batches_give_the_per_row_outputs(variant, share_prefixes):
   history, lengths = _user_windows(config.num_items, config.max_len, seed=4)
   keep = np.ones(len(lengths), bool)
   keep[::7] = False  # batch padding rows point nowhere and are skipped
-  packed = sasrec.pack(history, lengths, keep, row_multiple=4, share_prefixes=share_prefixes)
+  packed = sasrec_packing.pack(history, lengths, keep, row_multiple=4, share_prefixes=share_prefixes)
   assert len(packed.tokens) % 4 == 0
   model = sasrec.SASRec(config)
   out = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, packed)
   expected = _apply(config, sasrec.SASRec.all_logits)(params, history, lengths)
   np.testing.assert_allclose(out[keep], expected[keep], atol=1e-5)
-  unshared = sasrec.pack(history, lengths, keep)
+  unshared = sasrec_packing.pack(history, lengths, keep)
   if share_prefixes:  # shared prefixes are packed once: fewer filled slots
     assert (packed.segments > 0).sum() < (unshared.segments > 0).sum()
 
@@ -145,7 +148,7 @@ def test_packed_batches_give_the_per_row_outputs(variant, share_prefixes):
 @pytest.mark.parametrize('fixed_rows', [False, True])
 def test_batch_packer_row_counts(fixed_rows):
   history, lengths = _user_windows(11, 6, seed=5)
-  ranker = train_lib.sasrec_ranker(sasrec.make_config('recbole', 11, 6))
+  ranker = sasrec_steps.sasrec_ranker(sasrec.make_config('recbole', 11, 6))
   packer = train_lib.BatchPacker(ranker.pack, row_multiple=4, fixed_rows=fixed_rows)
   # Batches of decreasing size: bucketed counts follow each batch, fixed ones never shrink.
   sizes = [len(lengths), len(lengths) // 2, 5]
@@ -153,7 +156,7 @@ def test_batch_packer_row_counts(fixed_rows):
   for size in sizes:
     batch = {'history': history[:size], 'history_len': lengths[:size],
              'valid': np.ones(size, bool), 'target': np.zeros(size, np.int32)}
-    needed = len(sasrec.pack(batch['history'], batch['history_len'], batch['valid']).tokens)
+    needed = len(sasrec_packing.pack(batch['history'], batch['history_len'], batch['valid']).tokens)
     rows.append(len(packer(batch)['tokens']))
     assert rows[-1] % 4 == 0 and rows[-1] >= needed
     if not fixed_rows:
@@ -207,13 +210,13 @@ def test_dropout_is_active_in_training_only(variant, rng_kind):
 
 def test_hash_keep_mask_rate_and_independence():
   shape = (64, 50, 32)
-  a = sasrec.hash_keep_mask(jax.random.key(0), shape, 0.7)
-  b = sasrec.hash_keep_mask(jax.random.key(1), shape, 0.7)
+  a = layers.hash_keep_mask(jax.random.key(0), shape, 0.7)
+  b = layers.hash_keep_mask(jax.random.key(1), shape, 0.7)
   assert a.shape == shape and a.dtype == jnp.bool_
   assert abs(float(a.mean()) - 0.7) < 0.01
   # Independent masks agree on p^2 + (1-p)^2 = 0.58 of the elements.
   assert abs(float((a == b).mean()) - 0.58) < 0.01
-  assert abs(float(sasrec.hash_keep_mask(jax.random.key(0), shape, 0.5).mean()) - 0.5) < 0.01
+  assert abs(float(layers.hash_keep_mask(jax.random.key(0), shape, 0.5).mean()) - 0.5) < 0.01
 
 
 def test_losses_on_hand_made_logits():
@@ -221,20 +224,20 @@ def test_losses_on_hand_made_logits():
   logits = jnp.asarray([[2.0, -1.0], [0.0, 0.0], [50.0, -50.0]])
   softplus = lambda x: float(np.log1p(np.exp(x)))
   expected_bce = ((softplus(-2.0) + softplus(-1.0)) / 2 + np.log(2.0)) / 2
-  np.testing.assert_allclose(train_lib.bce_one_negative_loss(logits, weights), expected_bce,
+  np.testing.assert_allclose(sasrec_steps.bce_one_negative_loss(logits, weights), expected_bce,
                              rtol=1e-6)
   expected_bpr = (softplus(-3.0) + np.log(2.0)) / 2
-  np.testing.assert_allclose(train_lib.bpr_loss(logits, weights), expected_bpr, rtol=1e-6)
+  np.testing.assert_allclose(sasrec_steps.bpr_loss(logits, weights), expected_bpr, rtol=1e-6)
   ce_logits = jnp.asarray([[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0], [0.0, 9.0, 0.0, 0.0]])
   targets = jnp.asarray([2, 0, 0])
   expected_ce = (np.log(4.0) + np.log1p(3 * np.exp(-10.0))) / 2
-  np.testing.assert_allclose(train_lib.softmax_ce_loss(ce_logits, targets, weights),
+  np.testing.assert_allclose(sasrec_steps.softmax_ce_loss(ce_logits, targets, weights),
                              expected_ce, rtol=1e-5)
 
 
 def test_negatives_are_uniform_over_the_other_items():
   targets = jnp.asarray(np.arange(20000) % 5, jnp.int32)
-  negatives = np.asarray(train_lib.sample_negatives(jax.random.key(0), targets, 5))
+  negatives = np.asarray(sasrec_steps.sample_negatives(jax.random.key(0), targets, 5))
   assert not np.any(negatives == np.asarray(targets))
   counts = np.bincount(negatives[np.asarray(targets) == 2], minlength=5)
   assert counts[2] == 0 and counts.min(initial=10**9, where=np.arange(5) != 2) > 900
@@ -242,7 +245,7 @@ def test_negatives_are_uniform_over_the_other_items():
 
 def test_official_optimizer_is_adam_with_coupled_l2():
   config = load_config('configs/sasrec.py:variant=official')
-  tx = train_lib.optimizer(config.optim)
+  tx = sasrec_steps.optimizer(config.optim)
   params = {'w': jnp.asarray([1.0, -2.0])}
   grads = {'w': jnp.asarray([0.5, 0.0])}
   updates, _ = tx.update(grads, tx.init(params), params)

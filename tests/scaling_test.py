@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minirec_jax import scaling
+from minirec_jax.evaluation import scaling
 
 
 def test_one_variable_fit_recovers_exponent():

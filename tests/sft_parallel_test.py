@@ -6,10 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from minirec_jax import sid_sequences as ss
+from minirec_jax.data import sid_sequences as ss
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import variants
 from minirec_jax.training import parallel, sft
+from minirec_jax.training import state as state_lib
 
 
 def _packed_batches(vocab, num_batches=3, batch=8, seq_len=24, seed=0):
@@ -38,7 +39,7 @@ def _setup():
   params = model.init(jax.random.key(0), batches[0]['tokens'], batches[0]['positions'],
                       sft.segment_causal_mask(jnp.asarray(batches[0]['segment_ids'])))['params']
   apply_fn = lambda p, t, pos, m, rng: model.apply({'params': p}, t, pos, m)
-  state = sft.TrainState.create(apply_fn=None, params=params, tx=optax.adamw(1e-2))
+  state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.adamw(1e-2))
   return apply_fn, state, batches
 
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from minirec_jax import sid_sequences as ss
+from minirec_jax.data import sid_sequences as ss
 
 
 def _unique_codes(num_items, num_levels=3, k=16, seed=0):

@@ -1,6 +1,6 @@
 """timing.timed_calls: one untimed warm-up call, then one duration per timed call."""
 
-from minirec_jax import timing
+from minirec_jax.infra import timing
 
 
 def test_warm_up_is_not_timed():

@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from minirec_jax.config_utils import load_config
 from minirec_jax.data import loading
 from minirec_jax.data import synthetic
+from minirec_jax.infra.config_utils import load_config
 from minirec_jax.semantic_ids import catalogue
 from minirec_jax.semantic_ids import stage
 from minirec_jax.testing import write_synthetic_layout

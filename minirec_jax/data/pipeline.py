@@ -16,7 +16,7 @@ process a disjoint, equally sized slice of every epoch (`shard_index`/`shard_cou
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import grain
 import numpy as np

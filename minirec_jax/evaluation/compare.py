@@ -13,10 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
-from minirec_jax import metric_logging
 from minirec_jax.data.errors import DataError
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
+from minirec_jax.infra import metric_logging
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minirec_jax import metric_logging
-from minirec_jax import sid_sequences
 from minirec_jax.data import pipeline
+from minirec_jax.data import sid_sequences
 from minirec_jax.decoding import prompted
 from minirec_jax.evaluation import ranking
+from minirec_jax.infra import metric_logging
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.semantic_ids import catalogue as catalogue_lib
 from minirec_jax.semantic_ids import trie as trie_lib

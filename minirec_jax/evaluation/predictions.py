@@ -31,9 +31,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from minirec_jax import io_utils
 from minirec_jax.data.errors import DataError, require_file
 from minirec_jax.evaluation import ranking
+from minirec_jax.infra import io_utils
 
 REQUIRED_FIELDS = ('user_id', 'target', 'items', 'scores')
 OPTIONAL_FIELDS = ('sample_index', 'split')

@@ -3,7 +3,7 @@
 * Most-popular: every item's number of occurrences as a TARGET in the training rows; everyone
   gets the same ranking (ties: lower item id first, as `lax.top_k` breaks them).
 * BPR-MF: score(u, i) = <p_u, q_i>, trained with the BPR loss -log sigmoid(s(u, pos) - s(u, neg))
-  against one uniformly sampled negative (see training/sasrec.py). Two ways to get `p_u`:
+  against one uniformly sampled negative (see loops/sasrec.py). Two ways to get `p_u`:
   - 'history' (default): the mean of the history items' input embeddings (a separate table from
     the output table q). The official data is a global temporal split, so a test row's user may
     have few or no training rows and their newest items are in the history, not in a user

@@ -24,30 +24,25 @@ last block for that one query position only, and moves the key and value project
 that query (`Attention._one_query`): the same numbers as `encode_all(...)[len - 1]` for well
 under half the compute.
 
-Packing (training): `pack` puts several short histories into one row of width H, each with its
-own positions and attention confined to itself (`Packed`), so every sample is computed exactly
-as alone but the padding is not computed (official Industrial training histories fill 38% of
-their 10 slots, ML-100K LOO ones 78% of 50).
+Training batches come packed (`minirec_jax.data.sasrec_packing.Packed`: several short histories
+per row, each computed exactly as alone).
 
-Dropout masks: `dropout_rng='hash'` (default) draws them from a counter-based hash (two rounds
-of the murmur3 finalizer over the element index, keyed by 64 bits drawn from the flax 'dropout'
-rng). XLA fuses it into the surrounding elementwise code; on CPU it is ~30x cheaper than
-`jax.random.bernoulli`, which otherwise costs more than the model's matmuls. 'jax' uses flax's
-`nn.Dropout` (threefry or whatever the key's implementation is).
+Dropout masks: `dropout_rng='hash'` (default) uses `layers.Dropout`'s counter-based hash; 'jax'
+uses flax's `nn.Dropout`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from minirec_jax.data import sasrec_packing
 from minirec_jax.models import layers
 
 ARCHITECTURES = ('official', 'recbole')
@@ -110,51 +105,6 @@ def count_params(config: SASRecConfig) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
 
 
-def _fmix32(h: jax.Array) -> jax.Array:
-  """murmur3's 32-bit finalizer: a bijective avalanche mix of uint32 values."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
-def hash_keep_mask(rng: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.Array:
-  """bool `shape`, True with probability `keep_prob` per element, from a counter-based hash.
-
-  Each element hashes its flat index with two 32-bit seeds drawn from `rng`, so masks of
-  different calls (different rngs) are independent and the whole thing fuses into one loop.
-  """
-  seeds = jax.random.bits(rng, (2,), jnp.uint32)
-  index = jnp.zeros(shape, jnp.uint32)
-  stride = 1
-  for axis in reversed(range(len(shape))):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-    stride *= shape[axis]
-  if stride > 2**32:
-    raise ValueError(f'hash dropout supports < 2**32 elements per call, got shape {shape}')
-  bits = _fmix32(_fmix32(index * jnp.uint32(0x9E3779B9) + seeds[0]) ^ seeds[1])
-  threshold = min(int(round((1.0 - keep_prob) * 2.0**32)), 2**32 - 1)
-  return bits >= jnp.uint32(threshold)
-
-
-class Dropout(nn.Module):
-  """Inverted dropout with masks from `hash_keep_mask` ('hash') or `nn.Dropout` ('jax')."""
-
-  rate: float
-  rng_kind: str = 'hash'
-
-  @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    if self.rng_kind == 'jax':
-      return nn.Dropout(self.rate)(x, deterministic=deterministic)
-    if deterministic or self.rate == 0.0:
-      return x
-    keep_prob = 1.0 - self.rate
-    keep = hash_keep_mask(self.make_rng('dropout'), x.shape, keep_prob)
-    return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
-
-
 def _torch_uniform(fan_in: int) -> Callable:
   """torch's default Linear/Conv1d init for weights and biases: U(-1/sqrt(fan_in), +...)."""
   bound = 1.0 / math.sqrt(fan_in)
@@ -179,128 +129,6 @@ def _layer_norm(config: SASRecConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=config.layer_norm_eps, use_fast_variance=False, name=name)
 
 
-class Packed(NamedTuple):
-  """Histories packed into rows: samples share a row and are kept apart by attention masks.
-
-  tokens    int32 `[r, W]` item ids (anything where segments == 0)
-  positions int32 `[r, W]` each item's position inside its own history (0 = oldest)
-  segments  int32 `[r, W]` 1, 2, ... per sample within a row; 0 = empty slot
-  rows      int32 `[b]`    row of each sample
-  ends      int32 `[b]`    column of each sample's last (newest) item
-  Every sample is computed exactly as if it had a row of its own (same positions, attention
-  only inside the sample), so packing only removes the work spent on padding.
-  """
-
-  tokens: Any
-  positions: Any
-  segments: Any
-  rows: Any
-  ends: Any
-
-
-def one_per_row(history: jax.Array, history_len: jax.Array) -> Packed:
-  """The trivial packing of left-aligned padded histories `[b, H]`: one sample per row."""
-  chex.assert_rank(history, 2)
-  chex.assert_shape(history_len, (history.shape[0],))
-  b, width = history.shape
-  valid = jnp.arange(width)[None, :] < history_len[:, None]
-  return Packed(tokens=history,
-                positions=jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (b, width)),
-                segments=valid.astype(jnp.int32), rows=jnp.arange(b, dtype=jnp.int32),
-                ends=jnp.maximum(history_len - 1, 0).astype(jnp.int32))
-
-
-def prefix_representatives(history: np.ndarray, history_len: np.ndarray) -> np.ndarray:
-  """For each history, a history of the set that it is a prefix of (itself when none is).
-
-  Args:
-    history: int `[n, H]` item ids (host, numpy); entries at and after `history_len` ignored.
-    history_len: int `[n]`.
-  Returns:
-    int64 `[n]`: index of the representative, a history that no other one extends; following
-    the representative never changes it again. SASRec is causal with positions counted from a
-    history's oldest item, so a history's output equals the output of any history it is a
-    prefix of, read at its own last position.
-  """
-  history = np.asarray(history)
-  lengths = np.minimum(np.asarray(history_len), history.shape[1])
-  n, width = history.shape
-  if n == 0:
-    return np.zeros((0,), np.int64)
-  inside = np.arange(width)[None, :] < lengths[:, None]
-  keys = np.where(inside, history, -1)  # ids are >= 0, so a prefix sorts before its extensions
-  order = np.lexsort(keys[:, ::-1].T)    # lexicographic, column 0 first
-  a, b = order[:-1], order[1:]
-  # In lexicographic order every history that extends h follows h directly or after other
-  # extensions of h, so "prefix of the next one" chains each history to its longest extension.
-  prefix_of_next = (np.all((keys[a] == keys[b]) | ~inside[a], axis=1)
-                    & (lengths[a] <= lengths[b]) & (lengths[a] > 0))
-  last = np.append(~prefix_of_next, True)                  # [n] in sorted order
-  chain_end = np.where(last, np.arange(n), n)
-  chain_end = np.minimum.accumulate(chain_end[::-1])[::-1]  # next position that ends a chain
-  representative = np.empty(n, np.int64)
-  representative[order] = order[chain_end]
-  return representative
-
-
-def pack(history: np.ndarray, history_len: np.ndarray, keep: np.ndarray,
-         row_multiple: int = 1, min_rows: int = 0, share_prefixes: bool = False) -> Packed:
-  """Packs histories `[b, H]` (host, numpy) into as few rows of width H as best-fit allows.
-
-  Longest first, each history goes to the fullest row it still fits in. Samples with
-  keep=False (batch padding) are not packed; they point at row 0, column 0 and must get zero
-  loss weight. The row count is at least `min_rows`, rounded up to a multiple of
-  `row_multiple` (few distinct shapes, so few compilations; a multiple of the device count for
-  sharding); extra rows are empty. With `share_prefixes`, a history that is a prefix of another
-  kept history is not packed again: it reads the longer one's segment at its own last position
-  (the same outputs; only the dropout noise on the shared items is then shared too).
-  """
-  history = np.asarray(history)
-  lengths = np.minimum(np.asarray(history_len), history.shape[1]).astype(np.int64)
-  b, width = history.shape
-  keep = np.asarray(keep, bool)
-  owner = np.arange(b)
-  if share_prefixes:
-    kept = np.flatnonzero(keep)
-    owner[kept] = kept[prefix_representatives(history[kept], lengths[kept])]
-  packs_own = keep & (owner == np.arange(b))
-  rows = np.zeros(b, np.int32)
-  starts = np.zeros(b, np.int64)
-  segment = np.zeros(b, np.int32)
-  by_space: list[list[int]] = [[] for _ in range(width + 1)]  # free slots -> rows
-  fill, count = [], []
-  for s in np.argsort(-lengths, kind='stable'):
-    if not packs_own[s]:
-      continue
-    need = int(lengths[s])
-    space = next((c for c in range(need, width + 1) if by_space[c]), None)
-    if space is None:
-      row, space = len(fill), width
-      fill.append(0)
-      count.append(0)
-    else:
-      row = by_space[space].pop()
-    rows[s], starts[s] = row, fill[row]
-    fill[row] += need
-    count[row] += 1
-    segment[s] = count[row]
-    by_space[space - need].append(row)
-  num_rows = -(-max(len(fill), min_rows, 1) // row_multiple) * row_multiple
-  tokens = np.zeros((num_rows, width), np.int32)
-  positions = np.zeros((num_rows, width), np.int32)
-  segments = np.zeros((num_rows, width), np.int32)
-  own = np.flatnonzero(packs_own)
-  sample = np.repeat(own, lengths[own])
-  offset = np.arange(len(sample)) - np.repeat(np.cumsum(lengths[own]) - lengths[own],
-                                              lengths[own])
-  cols = starts[sample] + offset
-  tokens[rows[sample], cols] = history[sample, offset]
-  positions[rows[sample], cols] = offset
-  segments[rows[sample], cols] = segment[sample]
-  rows = np.where(keep, rows[owner], 0).astype(np.int32)
-  ends = np.where(keep, starts[owner] + lengths - 1, 0).astype(np.int32)
-  return Packed(tokens, positions, segments, rows, ends)
-
 
 class Attention(nn.Module):
   """Multi-head attention of queries `[b, q, d]` over keys/values `[b, k, d]`.
@@ -316,7 +144,7 @@ class Attention(nn.Module):
     self.query = _dense(self.config, d, d, 'query')
     self.key = _dense(self.config, d, d, 'key')
     self.value = _dense(self.config, d, d, 'value')
-    self.drop = Dropout(self.config.attn_dropout, self.config.dropout_rng)
+    self.drop = layers.Dropout(self.config.attn_dropout, self.config.dropout_rng)
 
   def _weights(self, scores: jax.Array, mask: jax.Array, query_mask: jax.Array | None,
                deterministic: bool) -> jax.Array:
@@ -394,7 +222,7 @@ class FeedForward(nn.Module):
     self.dense_1 = _dense(c, c.inner, c.hidden, 'dense_1')
     self.dense_2 = _dense(c, c.hidden, c.inner, 'dense_2')
     self.norm = _layer_norm(c, 'norm')
-    self.drop = Dropout(c.dropout, c.dropout_rng)
+    self.drop = layers.Dropout(c.dropout, c.dropout_rng)
 
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     act = jax.nn.relu if self.config.activation == 'relu' else _gelu
@@ -435,7 +263,7 @@ class RecBoleLayer(nn.Module):
     self.attention = Attention(c, scale_by_width=False, name='attention')
     self.dense = _dense(c, c.hidden, c.hidden, 'dense')
     self.norm = _layer_norm(c, 'norm')
-    self.drop = Dropout(c.dropout, c.dropout_rng)
+    self.drop = layers.Dropout(c.dropout, c.dropout_rng)
     self.ffn = FeedForward(c, name='ffn')
 
   def __call__(self, x: jax.Array, last: tuple[jax.Array, jax.Array] | None, mask: jax.Array,
@@ -466,7 +294,7 @@ class SASRec(nn.Module):
         embedding_init=nn.initializers.normal(1.0 if official else 0.02))
     # official: LN3 after the blocks; recbole: LayerNorm of the input embeddings.
     self.norm = _layer_norm(c, 'ln_3' if official else 'input_norm')
-    self.drop = Dropout(c.dropout, c.dropout_rng)
+    self.drop = layers.Dropout(c.dropout, c.dropout_rng)
     block = OfficialBlock if official else RecBoleLayer
     self.blocks = [block(c, name=f'block_{i}') for i in range(c.num_blocks)]
     if official:
@@ -474,7 +302,7 @@ class SASRec(nn.Module):
       self.out_kernel = self.param('out_kernel', init, (c.hidden, c.num_items))
       self.out_bias = self.param('out_bias', init, (c.num_items,))
 
-  def _embed(self, packed: Packed, deterministic: bool) -> jax.Array:
+  def _embed(self, packed: sasrec_packing.Packed, deterministic: bool) -> jax.Array:
     length = packed.tokens.shape[1]
     if length > self.config.max_len:
       raise ValueError(f'history length {length} > max_len {self.config.max_len}')
@@ -485,7 +313,7 @@ class SASRec(nn.Module):
       return self.drop(x, deterministic=deterministic) * valid[..., None]
     return self.drop(layers.on_rows(self.norm, x), deterministic=deterministic)
 
-  def _encode(self, packed: Packed, deterministic: bool, last_only: bool) -> jax.Array:
+  def _encode(self, packed: sasrec_packing.Packed, deterministic: bool, last_only: bool) -> jax.Array:
     """`[b, 1, d]` at each sample's last item (last_only) or `[r, W, d]` everywhere."""
     chex.assert_equal_shape([packed.tokens, packed.positions, packed.segments])
     chex.assert_equal_shape([packed.rows, packed.ends])
@@ -512,19 +340,19 @@ class SASRec(nn.Module):
       x = self.norm(x)
     return x
 
-  def encode_packed(self, packed: Packed, *, deterministic: bool = True) -> jax.Array:
+  def encode_packed(self, packed: sasrec_packing.Packed, *, deterministic: bool = True) -> jax.Array:
     """`[b, hidden]` representations of the samples packed in `packed` (see `pack`)."""
     return self._encode(packed, deterministic, last_only=True)[:, 0]
 
   def encode(self, history: jax.Array, history_len: jax.Array, *,
              deterministic: bool = True) -> jax.Array:
     """`[b, H]` histories, `[b]` lengths -> `[b, hidden]` representation at position len-1."""
-    return self.encode_packed(one_per_row(history, history_len), deterministic=deterministic)
+    return self.encode_packed(sasrec_packing.one_per_row(history, history_len), deterministic=deterministic)
 
   def encode_all(self, history: jax.Array, history_len: jax.Array, *,
                  deterministic: bool = True) -> jax.Array:
     """`[b, H, hidden]`: the output at every position (positions >= len are padding)."""
-    return self._encode(one_per_row(history, history_len), deterministic, last_only=False)
+    return self._encode(sasrec_packing.one_per_row(history, history_len), deterministic, last_only=False)
 
   def item_logits(self, hidden: jax.Array) -> jax.Array:
     """`[b, hidden]` -> `[b, num_items]` scores of every item (the pad row has none)."""
@@ -546,7 +374,7 @@ class SASRec(nn.Module):
     so it is the `init` method)."""
     return self.item_logits(self.encode(history, history_len, deterministic=deterministic))
 
-  def __call__(self, packed: Packed, candidates: jax.Array | None = None, *,
+  def __call__(self, packed: sasrec_packing.Packed, candidates: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
     """Scores of packed samples: `[b, c]` for candidate ids `[b, c]`, else `[b, num_items]`."""
     hidden = self.encode_packed(packed, deterministic=deterministic)
@@ -578,7 +406,7 @@ def score_fns(config: SASRecConfig) -> ScoreFns:
 
   def score(params, histories, history_len, candidate_items):
     chex.assert_rank(candidate_items, 2)
-    return model.apply({'params': params}, one_per_row(histories, history_len), candidate_items)
+    return model.apply({'params': params}, sasrec_packing.one_per_row(histories, history_len), candidate_items)
 
   def score_all(params, histories, history_len):
     return model.apply({'params': params}, histories, history_len, method=SASRec.all_logits)

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from minirec_jax import rewards as rewards_lib
 from minirec_jax.decoding import prompted
 from minirec_jax.models.decoder import DecoderConfig
 from minirec_jax.rl import grpo
+from minirec_jax.rl import rewards as rewards_lib
 
 # score_fn(reward_params, history [B, H], history_len [B], items [B, G]) -> [B, G]
 ScoreFn = Callable[..., jax.Array]

@@ -77,7 +77,7 @@ def from_sid_strings(sids, *, codebook_size: int | None = None,
 
 
 def save(path: str, catalogue: SidCatalogue) -> None:
-  from minirec_jax import io_utils
+  from minirec_jax.infra import io_utils
   with io_utils.atomic_path(path) as tmp:
     with open(tmp, 'wb') as f:
       np.savez(f, codes=catalogue.codes, codebook_size=catalogue.codebook_size)

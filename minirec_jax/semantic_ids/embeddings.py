@@ -15,10 +15,10 @@ from typing import Protocol
 from absl import logging
 import numpy as np
 
-from minirec_jax import io_utils
-from minirec_jax import metric_logging
 from minirec_jax.data.errors import DataError
 from minirec_jax.data.schema import ItemTable
+from minirec_jax.infra import io_utils
+from minirec_jax.infra import metric_logging
 from minirec_jax.semantic_ids import item_text as item_text_lib
 from minirec_jax.semantic_ids import text_encoder
 

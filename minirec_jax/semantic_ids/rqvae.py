@@ -33,9 +33,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from minirec_jax.infra import optim
 from minirec_jax.semantic_ids import kmeans as kmeans_lib
 from minirec_jax.semantic_ids import report as report_lib
-from minirec_jax.training import optim
 
 Params = Any
 

@@ -16,8 +16,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from minirec_jax import io_utils
 from minirec_jax.data import loading
+from minirec_jax.infra import io_utils
 from minirec_jax.semantic_ids import catalogue
 from minirec_jax.semantic_ids import collisions
 from minirec_jax.semantic_ids import embeddings as embeddings_lib

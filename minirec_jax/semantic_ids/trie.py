@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minirec_jax import io_utils
 from minirec_jax.data.errors import DataError, require_file
 from minirec_jax.data.official import reader
+from minirec_jax.infra import io_utils
 
 DEDUPE_MODES = ('error', 'first')
 _SID_TOKEN = re.compile(r'<([a-z])_([0-9]+)>')

@@ -9,7 +9,7 @@ axis and gathered by the compiler where the step needs them (fully sharded data 
 `pmap_data_parallel` serves code that still runs pmap loops: the same step, built with
 `axis_name='data'`, averages gradients and metrics with collectives inside.
 
-Multi-host: start JAX with `minirec_jax.distributed.initialize()`; every process then runs the
+Multi-host: start JAX with `minirec_jax.infra.distributed.initialize()`; every process then runs the
 same program on the global mesh and feeds only its own rows to `shard_batch`.
 """
 
@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from minirec_jax import distributed
+from minirec_jax.infra import distributed
 
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'

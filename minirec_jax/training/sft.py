@@ -1,6 +1,6 @@
 """Supervised fine-tuning (next-SID prediction) as pure, un-jitted step factories.
 
-Batches are packed sequences (`minirec_jax.sid_sequences.PackedSequences` rows):
+Batches are packed sequences (`minirec_jax.data.sid_sequences.PackedSequences` rows):
   tokens, positions, segment_ids, labels: int32 [batch, seq];  weights: float32 [batch, seq]
 
 The loss is the token-weighted mean cross-entropy over supervised SID tokens. It is computed
@@ -20,20 +20,16 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
-from flax.training import train_state
 
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import moe
+from minirec_jax.training.state import TrainState
 
 # apply_fn(params, tokens, positions, attention_mask[b, q, k], rng) -> logits [b, seq, vocab],
 # or (logits, aux): aux maps names to float32 scalars, reported as metrics; aux[PENALTY], if
 # present, is a regulariser added to the mean token loss.
 ApplyFn = Callable[..., jax.Array | tuple[jax.Array, dict[str, jax.Array]]]
 PENALTY = 'penalty'
-
-
-class TrainState(train_state.TrainState):
-  """flax TrainState: step, params, opt_state, apply_fn, tx."""
 
 
 def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:

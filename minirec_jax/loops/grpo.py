@@ -12,22 +12,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from minirec_jax import checkpointing
-from minirec_jax import distributed
-from minirec_jax import io_utils
-from minirec_jax import metric_logging
 from minirec_jax.data import pipeline
 from minirec_jax.evaluation import generative
 from minirec_jax.evaluation import predictions
+from minirec_jax.infra import checkpointing
+from minirec_jax.infra import distributed
+from minirec_jax.infra import io_utils
+from minirec_jax.infra import metric_logging
+from minirec_jax.infra import optim
+from minirec_jax.loops import sasrec as sasrec_train
+from minirec_jax.loops import sft as sft_loop
 from minirec_jax.models import sasrec as sasrec_model
 from minirec_jax.rl import rollout as rollout_lib
 from minirec_jax.rl import step as step_lib
 from minirec_jax.semantic_ids import trie as trie_lib
-from minirec_jax.training import optim
 from minirec_jax.training import parallel
-from minirec_jax.training import sasrec as sasrec_train
-from minirec_jax.training import sft
-from minirec_jax.training import sft_loop
+from minirec_jax.training import state as state_lib
 
 
 def sft_config(init_from: str) -> ml_collections.ConfigDict:
@@ -83,8 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.make_mesh(config.mesh.num_devices or None)
   # Everything placed as the update places its outputs, so each jitted function compiles once.
   init_params = jax.device_put(init_params, parallel.replicated(mesh))
-  state = jax.jit(lambda p: sft.TrainState.create(apply_fn=None, params=p, tx=tx),
-                  out_shardings=parallel.replicated(mesh))(init_params)
+  state = state_lib.create(lambda p: p, tx, init_params, sharding=parallel.replicated(mesh))
   ref_params = jax.tree.map(jnp.copy, init_params)  # state is donated; ref must not alias it
   weights = dict(g.rewards)
   step_fn = step_lib.make_grpo_step(

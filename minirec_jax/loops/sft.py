@@ -13,22 +13,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from minirec_jax import checkpointing
-from minirec_jax import distributed
-from minirec_jax import io_utils
-from minirec_jax import metric_logging
-from minirec_jax import sid_sequences
 from minirec_jax.data import loading
 from minirec_jax.data import pipeline
+from minirec_jax.data import sid_sequences
 from minirec_jax.evaluation import generative
-from minirec_jax.evaluation import ranking
 from minirec_jax.evaluation import predictions
+from minirec_jax.evaluation import ranking
+from minirec_jax.infra import checkpointing
+from minirec_jax.infra import distributed
+from minirec_jax.infra import io_utils
+from minirec_jax.infra import metric_logging
+from minirec_jax.infra import optim
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import variants
 from minirec_jax.semantic_ids import catalogue
-from minirec_jax.training import optim
 from minirec_jax.training import parallel
 from minirec_jax.training import sft
+from minirec_jax.training import state as state_lib
 
 
 def packed_split(source, item_tokens: np.ndarray, max_history: int, seq_len: int,
@@ -81,23 +82,16 @@ def setup(config: ml_collections.ConfigDict) -> SftSetup:
       valid=packed_split(dataset.split('valid'), item_tokens, max_history, config.train.seq_len))
 
 
-def init_state(s: SftSetup, config, total_steps: int, rng, mesh=None) -> sft.TrainState:
+def init_state(s: SftSetup, config, total_steps: int, rng, mesh=None) -> state_lib.TrainState:
   """Params and optimizer state; with `mesh`, created in the train step's state sharding
-  (`parallel.state_sharding`: replicated, or FSDP), so the first step does not compile again
-  for a differently placed state."""
+  (`parallel.state_sharding`: replicated, or FSDP)."""
   seq = config.train.seq_len
   tx, _ = optim.from_config(config.optim, total_steps)
-
-  def create(rng):
-    tokens = jnp.zeros((1, seq), jnp.int32)
-    mask = sft.segment_causal_mask(jnp.ones((1, seq), jnp.int32))
-    params = s.model.init(rng, tokens, tokens, mask)['params']
-    return sft.TrainState.create(apply_fn=None, params=params, tx=tx)
-
-  if mesh is None:
-    return jax.jit(create)(rng)
-  shardings = parallel.state_sharding(jax.eval_shape(create, rng), mesh)
-  return jax.jit(create, out_shardings=shardings)(rng)
+  tokens = jnp.zeros((1, seq), jnp.int32)
+  mask = sft.segment_causal_mask(jnp.ones((1, seq), jnp.int32))
+  init = lambda rng: s.model.init(rng, tokens, tokens, mask)['params']
+  sharding = None if mesh is None else lambda abstract: parallel.state_sharding(abstract, mesh)
+  return state_lib.create(init, tx, rng, sharding=sharding)
 
 
 def valid_loss(eval_step, params, packed, batch_size: int, mesh) -> float:
@@ -113,7 +107,7 @@ def valid_loss(eval_step, params, packed, batch_size: int, mesh) -> float:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, keeps the best checkpoint by config.eval.select_by, evaluates it; returns metrics.
 
-  Multi-host: every process runs this (see minirec_jax/distributed.py) and reads its own slice
+  Multi-host: every process runs this (see minirec_jax/infra/distributed.py) and reads its own slice
   of each epoch; `config.train.batch_size` is the global batch.
   """
   distributed.initialize()
