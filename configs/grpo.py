@@ -1,7 +1,7 @@
 """GRPO from an SFT workdir: `--config configs/grpo.py --config.init_from=workdirs/sft_x`.
 
 Arguments: tiny (a seconds-long smoke config), rollout ('beam' | 'sample' | 'dynamic').
-Defaults follow the official recipe (reference §5): G=16 beam rollouts, rule + rank rewards,
+Defaults follow the official MiniOneRec recipe: G=16 beam rollouts, rule + rank rewards,
 k3 KL with beta 1e-3, unbiased group std + 1e-4, one update per rollout, lr 1e-5 cosine with
 3% warmup, clip-norm 0.3.
 """

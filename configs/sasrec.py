@@ -6,7 +6,7 @@ Arguments (comma-separated): dataset (a config_utils.data_config preset: industr
 ml100k, ml100k_loo, synthetic), variant, seed, tiny (a seconds-long smoke run).
 
 Variants:
-  official  MiniOneRec's SASRec (reference §8): hidden 32, 1 block, 1 head, dropout 0.3, history
+  official  MiniOneRec's SASRec: hidden 32, 1 block, 1 head, dropout 0.3, history
             <= 10, BCE vs one random negative, Adam 1e-3 (eps 1e-8, coupled L2 1e-5), batch
             1024, early stop after > 20 epochs without a better valid NDCG@20.
   recbole   RecBole 1.2.1 SASRec defaults: 2 layers, 2 heads, hidden 64, inner 256, dropout 0.5,

@@ -19,9 +19,7 @@ experiments/bench_hf.py; this explains its ratio.
 
 import json
 import os
-import platform
 import statistics
-import time
 from typing import Callable
 
 from absl import app
@@ -108,9 +106,7 @@ def main(argv):
   torch.set_num_threads(os.cpu_count())
   load_before = os.getloadavg()
   rows = op_rows(_REPEATS.value)
-  result = {'machine': f'{platform.node()} {os.cpu_count()} cpus',
-            'huge_pages': host_memory.active(),
-            'date': time.strftime('%Y-%m-%d %H:%M:%S'),
+  result = {**timing.machine_record(),
             'load_average_before': list(load_before), 'load_average_after': list(os.getloadavg()),
             'versions': {'jax': jax.__version__, 'torch': torch.__version__},
             'torch_threads': torch.get_num_threads(), 'ops': rows}

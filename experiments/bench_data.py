@@ -8,7 +8,6 @@ full epoch of padded Industrial train batches through the Grain pipeline.
 
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -18,6 +17,7 @@ from absl import flags
 from minirec_jax.data import loading
 from minirec_jax.data import pipeline
 from minirec_jax.infra import host_memory
+from minirec_jax.infra import timing
 from minirec_jax.infra import io_utils
 from minirec_jax.infra.config_utils import load_config
 
@@ -38,9 +38,7 @@ def _timed_build(name: str, data_dir: str):
 def main(argv):
   host_memory.use_huge_pages(__file__)
   del argv
-  results = {'machine': f'{platform.node()} {platform.machine()} {os.cpu_count()} cpus',
-             'huge_pages': host_memory.active(),
-             'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'build_s': {}}
+  results = {**timing.machine_record(), 'build_s': {}}
   with tempfile.TemporaryDirectory() as tmp:
     datasets = {}
     for name in _DATASETS.value:

@@ -9,18 +9,16 @@ cache is involved.
 """
 
 import json
-import os
-import platform
 import time
 
 from absl import app
 from absl import flags
-import jax
 import numpy as np
 
 from minirec_jax.data.official import reader
 from minirec_jax.infra import config_utils
 from minirec_jax.infra import host_memory
+from minirec_jax.infra import timing
 from minirec_jax.infra import io_utils
 from minirec_jax.semantic_ids import embeddings
 from minirec_jax.semantic_ids import item_text
@@ -44,9 +42,7 @@ def main(argv):
   load_s = time.perf_counter() - start
   tokens = [len(t) for t in encoder.tokenize(texts)]
   results = {
-      'machine': f'{platform.node()} {platform.machine()} {os.cpu_count()} cpus',
-      'huge_pages': host_memory.active(),
-      'device': str(jax.devices()[0].device_kind), 'date': time.strftime('%Y-%m-%d %H:%M:%S'),
+      **timing.machine_record(),
       'category': _CATEGORY.value, 'items': len(texts), 'batch_size': _BATCH.value,
       'tokens_mean': round(float(np.mean(tokens)), 1), 'tokens_max': int(max(tokens)),
       'truncated_items': int(sum(n >= encoder.config.max_seq_length for n in tokens)),

@@ -13,8 +13,6 @@ codes go through the official Sinkhorn collision handling; the report compares b
 
 import ast
 import json
-import os
-import platform
 import time
 
 from absl import app
@@ -23,6 +21,7 @@ import jax
 import numpy as np
 
 from minirec_jax.infra import host_memory
+from minirec_jax.infra import timing
 from minirec_jax.infra import io_utils
 from minirec_jax.semantic_ids import collisions
 from minirec_jax.semantic_ids import report as report_lib
@@ -94,9 +93,7 @@ def main(argv):
   del argv
   x = (np.load(_EMBEDDINGS.value).astype(np.float32) if _EMBEDDINGS.value
        else minilm_like(seed=_SEED.value))
-  results = {'machine': f'{platform.node()} {platform.machine()} {os.cpu_count()} cpus',
-             'huge_pages': host_memory.active(),
-             'date': time.strftime('%Y-%m-%d %H:%M:%S'),
+  results = {**timing.machine_record(),
              'embeddings': _EMBEDDINGS.value or 'synthetic minilm_like', 'shape': x.shape,
              'methods': {}}
   for name in _METHODS.value:

@@ -82,7 +82,7 @@ def batched(source: Sequence[dict], spec: BatchSpec, *, seed: int | None = None,
   """A MapDataset of padded batches over `source` (e.g. `Dataset.split('train')`).
 
   Shuffling, sharding and batching act on example indices; each batch is then read with one
-  bulk `__getitems__` call (3x faster than per-example reads of the array_record source).
+  bulk `__getitems__` call (much faster than per-example reads of the array_record source).
 
   Args:
     source: random-access sequence of examples in the shared schema.

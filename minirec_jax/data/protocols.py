@@ -2,7 +2,7 @@
 
 Shared by the MovieLens and synthetic builders.
 
-* `minionerec`: the official MiniOneRec rule (reference §1.4): per user, interactions sorted by
+* `minionerec`: the official MiniOneRec rule: per user, interactions sorted by
   time (stable, ties in file order); every position i >= 1 gives a sample with the previous
   <= H items; all samples of all users pooled, stably sorted by target time and cut into
   train = first floor(0.8 N), valid = up to floor(0.9 N), test = the rest.

@@ -1,8 +1,8 @@
 """Transparent huge pages for host memory: a process-level setting for the CPU binaries.
 
 XLA:CPU allocates fresh buffers for the activations of every step. With 4 KiB pages, touching a
-fresh buffer page-faults every 4 KiB and walks the TLB often; on the dev machine huge pages
-make SFT and SASRec training steps 1.1-1.3x faster (docs/RESULTS.md, "Host memory"). glibc
+fresh buffer page-faults every 4 KiB and walks the TLB often; huge pages make the training
+steps measurably faster (docs/RESULTS.md, "Host memory"). glibc
 (>= 2.35) can ask the kernel for transparent huge pages on its allocations with the tunable
 `glibc.malloc.hugetlb=1`, but tunables are read only when a process starts. So a binary calls
 `use_huge_pages(__file__)` first thing: if the tunable is missing it re-executes the same

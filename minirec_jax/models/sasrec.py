@@ -2,7 +2,7 @@
 
 Architectures (`SASRecConfig.architecture`):
 
-* 'official' — MiniOneRec's `sasrec.py` / `SASRecModules_ori.py` (reference §8): item + learned
+* 'official' — MiniOneRec's `sasrec.py` / `SASRecModules_ori.py`: item + learned
   position embeddings, `seq = dropout(emb + pos) * mask`; per block `q = LN1(seq)`, attention
   with Q from `q` and K, V from `seq` (scale 1/sqrt(hidden), key + causal masks, query mask,
   dropout on the weights), residual `+ q`, then `FFN(LN2(.))` with its own residual +

@@ -36,7 +36,7 @@ def rank_reward(items, targets, item_to_group) -> jax.Array:
 
 
 def prefix_reward(items, targets, codes: jax.Array) -> jax.Array:
-  """Partial credit: fraction of the target's SID prefix the candidate matches (rl_notes §2).
+  """Partial credit: fraction of the target's SID prefix the candidate matches.
 
   codes: int32 `[num_items, L]` SID codes. A candidate matching the first m levels gets m/L.
   """

@@ -1,7 +1,7 @@
 """Making item -> SID a bijection (host-side numpy; the tables are small).
 
 Two strategies, both returning int32 codes with one distinct row per item:
-* `resolve_sinkhorn` (official, reference §3.2): every group of items sharing a full code
+* `resolve_sinkhorn` (official): every group of items sharing a full code
   tuple has its last level re-chosen by Sinkhorn-balanced assignment of the group's last-level
   residuals to the last codebook (distances min/max-centred to [-1, 1], float64,
   Q = exp(-d / eps), eps 0.003, 50 iterations, argmax), for up to 20 rounds. The official

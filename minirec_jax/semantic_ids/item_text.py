@@ -11,7 +11,7 @@ text = clean(title) + " " + clean(description), fields whose cleaned form is emp
   5. returns '' when the result has >= 2000 characters,
 
 and `generate_text` strips each cleaned field again. Reproduced exactly, quirks included,
-because the text decides the embedding; the spec's summary (minionerec_reference.md §2)
+because the text decides the embedding; the official write-up's summary
 differs from the code in three corner cases, and the code wins:
   - an empty field is NOT skipped: it cleans to '.', so an item with an empty description
     gets 'Title. .' (229 Industrial items); only a >= 2000-char field cleans to '' and is

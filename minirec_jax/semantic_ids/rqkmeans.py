@@ -1,9 +1,9 @@
 """RQ-KMeans: residual k-means directly on the item embeddings (no autoencoder).
 
-Level l clusters the residual left by levels < l (reference §3.3), and the residual then
+Level l clusters the residual left by levels < l, and the residual then
 loses the assigned centroid. The result has the same form as the RQ-VAE's (codes int32
 `[n, L]`, codebooks `[L, K, d]`), so either tokenizer can feed the collision handling.
-`balanced=True` is the constrained variant (§3.4): every level's clusters hold floor(n/K) or
+`balanced=True` is the constrained variant: every level's clusters hold floor(n/K) or
 floor(n/K)+1 items, from a greedy capacity-respecting assignment refined by Lloyd steps.
 """
 

@@ -1,4 +1,4 @@
-"""RQ-VAE item tokenizer (reference §3.1): MLP autoencoder with an L-level residual quantizer.
+"""RQ-VAE item tokenizer (MiniOneRec's): MLP autoencoder with an L-level residual quantizer.
 
 Per level l the residual r_l is quantised to its nearest codeword q_l (squared L2); the level
 loss is mse(q_l, sg(r_l)) + beta * mse(sg(q_l), r_l); the straight-through output
@@ -244,7 +244,7 @@ def make_rqvae_train_step(model: RQVAE, tx: optax.GradientTransformation, *,
 
 
 def rqvae_config(name: str = 'fast') -> ml_collections.ConfigDict:
-  """'official' (reference §3.1) or 'fast' (small MLP, anti-collapse remedies on)."""
+  """'official' (MiniOneRec's settings) or 'fast' (small MLP, anti-collapse remedies on)."""
   config = ml_collections.ConfigDict(dict(
       hidden_dims=(2048, 1024, 512, 256, 128, 64), e_dim=32, num_levels=3, codebook_size=256,
       beta=0.25, quant_weight=1.0,
