@@ -8,7 +8,7 @@ import os
 
 import ml_collections
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -7,6 +7,7 @@ import subprocess
 import time
 from typing import Callable
 
+from minirec_jax.infra import config_utils
 from minirec_jax.infra import host_memory
 
 
@@ -31,12 +32,11 @@ def machine_record() -> dict:
   """
   import jax  # here, so that the module stays importable without initialising JAX
 
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  git = lambda *args: subprocess.run(['git', *args], cwd=config_utils.REPO_ROOT, check=True,
+                                     capture_output=True, text=True).stdout.strip()
   try:
-    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True,
-                            text=True, check=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    commit = git('rev-parse', 'HEAD')
+    dirty = git('status', '--porcelain', '--untracked-files=no')
     commit += '+dirty' if dirty else ''
   except (OSError, subprocess.CalledProcessError):
     commit = None
