@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from minirec_jax.models import attention
 from minirec_jax.models import decoder as decoder_lib
+from minirec_jax.models import hf_convert
 from minirec_jax.models import layers
 from minirec_jax.models import variants
 
@@ -24,7 +26,7 @@ def _config(**overrides):
 def _random_hf_state_dict(config, seed=0):
   """Random HF-layout tensors (non-zero biases, non-unit norms) for every parameter."""
   rng = np.random.default_rng(seed)
-  shapes = decoder_lib.params_to_hf_state_dict(
+  shapes = hf_convert.params_to_hf_state_dict(
       jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
                    decoder_lib.abstract_params(config)), config)
 
@@ -49,7 +51,7 @@ _prefill = jax.jit(decoder_lib.prefill, static_argnums=(0, 5))
 
 def _setup(**overrides):
   config = _config(**overrides)
-  params = decoder_lib.params_from_hf_state_dict(_random_hf_state_dict(config), config)
+  params = hf_convert.params_from_hf_state_dict(_random_hf_state_dict(config), config)
   apply = _apply_fn(config)
   tokens = jax.random.randint(jax.random.key(1), (3, SEQ), 1, VOCAB)
   positions = jnp.broadcast_to(jnp.arange(SEQ), (3, SEQ))
@@ -124,7 +126,7 @@ def _numpy_hf_forward(sd, config, tokens, positions):
 def test_matches_numpy_hf_reference(tie, qkv_bias):
   config = _config(tie_embeddings=tie, qkv_bias=qkv_bias)
   sd = _random_hf_state_dict(config, seed=3)
-  params = decoder_lib.params_from_hf_state_dict(sd, config)
+  params = hf_convert.params_from_hf_state_dict(sd, config)
   tokens = np.array([[4, 17, 9, 33, 2, 41, 8]])
   positions = np.arange(7)[None] + 5  # RoPE must use the given positions, not the index
   logits = _apply_fn(config)(params, tokens, positions)
@@ -137,7 +139,7 @@ def test_matches_numpy_hf_reference(tie, qkv_bias):
 def test_parameter_names_and_shapes_follow_hf():
   config, params, *_ = _setup()
   assert jax.tree.leaves(params)[0].dtype == np.float32
-  hf = decoder_lib.params_to_hf_state_dict(params, config)
+  hf = hf_convert.params_to_hf_state_dict(params, config)
   assert hf['model.layers.1.self_attn.q_proj.weight'].shape == (32, 32)   # [out, in]
   assert hf['model.layers.1.self_attn.k_proj.weight'].shape == (16, 32)   # 2 KV heads of 8
   assert hf['model.layers.0.mlp.down_proj.weight'].shape == (32, 64)
@@ -199,12 +201,12 @@ def test_gqa_equals_multi_head_attention_with_repeated_kv():
   """kv_heads=2 of 4 heads == 4 KV heads where query head h has KV head h // 2's weights."""
   gqa, params, apply, tokens, positions, mask = _setup()
   mha = _config(num_kv_heads=4)
-  sd = decoder_lib.params_to_hf_state_dict(params, gqa)
+  sd = hf_convert.params_to_hf_state_dict(params, gqa)
   for name in list(sd):
     if '.k_proj.' in name or '.v_proj.' in name:  # rows are [kv_head, head_dim] blocks
       blocks = sd[name].reshape(gqa.num_kv_heads, gqa.head_dim, *sd[name].shape[1:])
       sd[name] = np.repeat(blocks, 2, axis=0).reshape(-1, *sd[name].shape[1:])
-  mha_params = decoder_lib.params_from_hf_state_dict(sd, mha)
+  mha_params = hf_convert.params_from_hf_state_dict(sd, mha)
   want = _apply_fn(mha)(mha_params, tokens, positions, mask)
   np.testing.assert_allclose(apply(params, tokens, positions, mask), want, atol=1e-5, rtol=1e-5)
 
@@ -220,7 +222,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   scale = float(np.abs(want).max())
   assert 0 < np.abs(logits - want).max() < 0.05 * scale  # bf16 rounding, not a different model
   cache = _prefill(bf16, params, tokens, positions, jnp.ones((3, SEQ), bool), 12)[1]
-  assert cache['k'].dtype == jnp.bfloat16
+  assert cache.k.dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize('tie', [True, False])
@@ -232,13 +234,13 @@ def test_prefill_and_decode_match_full_forward_with_left_padding(tie):
   positions = np.maximum(np.cumsum(prompt_mask, 1) - 1, 0)
   prompt = jnp.where(prompt_mask, tokens[:, :prompt_len], 0)
   logits, cache = _prefill(config, params, prompt, positions, prompt_mask, SEQ)
-  assert cache['k'].shape == (2, 3, SEQ, 2, 8) and int(cache['index']) == prompt_len
+  assert cache.k.shape == (2, 3, SEQ, 2, 8) and int(cache.index) == prompt_len
   step = jax.jit(functools.partial(decoder_lib.decode_step, config))
   outs = [logits]
   for j in range(steps):
     logits, cache = step(params, cache, tokens[:, prompt_len + j], positions[:, -1] + 1 + j)
     outs.append(logits)
-  assert bool(cache['valid'][:, prompt_len:].all())
+  assert bool(cache.valid[:, prompt_len:].all())
   full = _unpadded_reference(apply, params, tokens, pad)
   for row in range(3):
     for j in range(steps + 1):
@@ -255,7 +257,7 @@ def test_shared_prefix_cache_matches_a_repeated_prompt_cache():
   prompt = jnp.where(prompt_mask, tokens[:, :prompt_len], 0)
   first, shared = decoder_lib.prefill_shared(config, params, prompt, positions, prompt_mask,
                                              gen_len=steps)
-  assert shared['prefix_k'].shape == (2, 3, prompt_len, 2, 8) and shared['k'].shape[2] == steps
+  assert shared.prefix_k.shape == (2, 3, prompt_len, 2, 8) and shared.k.shape[2] == steps
   rep = lambda x: jnp.repeat(x, group, axis=0)
   first_ref, plain = decoder_lib.prefill(config, params, rep(prompt), rep(positions),
                                          rep(prompt_mask), prompt_len + steps)
@@ -279,32 +281,32 @@ def test_reorder_cache_gathers_rows():
   _, cache = _prefill(config, params, tokens, positions, jnp.ones((3, SEQ), bool), 12)
   rows = jnp.array([2, 2, 0])
   moved = decoder_lib.reorder_cache(cache, rows)
-  np.testing.assert_array_equal(moved['k'][:, 1], cache['k'][:, 2])
-  np.testing.assert_array_equal(moved['v'][:, 2], cache['v'][:, 0])
-  np.testing.assert_array_equal(moved['valid'], cache['valid'][np.array([2, 2, 0])])
-  assert int(moved['index']) == SEQ
+  np.testing.assert_array_equal(moved.k[:, 1], cache.k[:, 2])
+  np.testing.assert_array_equal(moved.v[:, 2], cache.v[:, 0])
+  np.testing.assert_array_equal(moved.valid, cache.valid[np.array([2, 2, 0])])
+  assert int(moved.index) == SEQ
 
 
 def test_hf_state_dict_round_trip_and_errors():
   config, params, apply, tokens, positions, mask = _setup(tie_embeddings=False)
-  hf = decoder_lib.params_to_hf_state_dict(params, config)
+  hf = hf_convert.params_to_hf_state_dict(params, config)
   assert hf['lm_head.weight'].shape == (VOCAB, 32)
-  back = decoder_lib.params_from_hf_state_dict(hf, config)
+  back = hf_convert.params_from_hf_state_dict(hf, config)
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
   np.testing.assert_array_equal(apply(back, tokens, positions, mask),
                                 apply(params, tokens, positions, mask))
   missing = {k: v for k, v in hf.items() if k != 'model.layers.1.mlp.up_proj.weight'}
   with pytest.raises(ValueError, match='no tensor .*layers.1.mlp.up_proj'):
-    decoder_lib.params_from_hf_state_dict(missing, config)
+    hf_convert.params_from_hf_state_dict(missing, config)
   with pytest.raises(ValueError, match=r'q_proj.weight.* has shape \(32, 16\)'):
     bad = dict(hf, **{'model.layers.0.self_attn.q_proj.weight': np.zeros((16, 32))})
-    decoder_lib.params_from_hf_state_dict(bad, config)
+    hf_convert.params_from_hf_state_dict(bad, config)
   tied = _config()
   with pytest.raises(ValueError, match="'lm_head.weight' has no place"):
-    decoder_lib.params_from_hf_state_dict(hf, tied)  # a separate head would be dropped
+    hf_convert.params_from_hf_state_dict(hf, tied)  # a separate head would be dropped
   hf['lm_head.weight'] = hf['model.embed_tokens.weight']  # tied checkpoints may store a copy
   hf['model.layers.0.self_attn.rotary_emb.inv_freq'] = np.ones(4)
-  decoder_lib.params_from_hf_state_dict(hf, tied)
+  hf_convert.params_from_hf_state_dict(hf, tied)
 
 
 def test_parameter_counts_of_real_shapes():
@@ -373,7 +375,7 @@ def test_attention_and_its_hand_written_gradient_match_autodiff(causal):
   mask = _segment_causal(b, s, seed=1)
 
   def ours(q, k, v):
-    return decoder_lib._attend_by_kv_head(q, k, v, mask, causal=causal)
+    return attention.attend_by_kv_head(q, k, v, mask, causal=causal)
 
   def reference(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])

@@ -1,12 +1,10 @@
 """Our decoder against transformers' Qwen2ForCausalLM with the same weights (bench extra only).
 
 Skipped when torch or transformers is not installed (CI installs neither). Exercises the
-helpers of experiments/bench_hf.py on a tiny model: logits, top-k next tokens, and the top-k
-items of constrained beam search with the official prefix_allowed_tokens_fn style.
+helpers of minirec_jax.testing.hf_reference (shared with experiments/bench_hf.py) on a tiny
+model: logits, top-k next tokens, and the top-k items of constrained beam search with the
+official prefix_allowed_tokens_fn style.
 """
-
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
@@ -21,24 +19,14 @@ from minirec_jax.evaluation import generative  # noqa: E402
 from minirec_jax.models import decoder as decoder_lib  # noqa: E402
 from minirec_jax.models import variants  # noqa: E402
 from minirec_jax.semantic_ids import catalogue as catalogue_lib  # noqa: E402
+from minirec_jax.testing import hf_reference  # noqa: E402
 
-_BENCH = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'bench_hf.py')
 _LEVELS, _CODES, _ITEMS, _PROMPT_ITEMS = 3, 8, 60, 4
-
-
-def _load_bench():
-  spec = importlib.util.spec_from_file_location('bench_hf', _BENCH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-bench_hf = _load_bench()
 
 
 @pytest.fixture(scope='module')
 def setup():
-  codes = bench_hf.random_sids(_ITEMS, _LEVELS, _CODES)
+  codes = hf_reference.random_sids(_ITEMS, _LEVELS, _CODES)
   codes[-1] = codes[3]  # a collided item: decoding must name its group's first item
   sids = catalogue_lib.SidCatalogue.from_codes(codes, _CODES)
   vocab = sid_sequences.SidVocab(_LEVELS, _CODES)
@@ -53,15 +41,15 @@ def setup():
     return jax.tree.map(lambda x: 4.0 * x, params)
 
   params = init(jax.random.key(1))
-  history, lengths = bench_hf.random_histories(_ITEMS, 6, _PROMPT_ITEMS, seed=2)
-  return rec, params, bench_hf.hf_model(rec.config, params), history, lengths
+  history, lengths = hf_reference.random_histories(_ITEMS, 6, _PROMPT_ITEMS, seed=2)
+  return rec, params, hf_reference.hf_model(rec.config, params), history, lengths
 
 
 def test_logits_and_top_tokens_agree(setup):
   rec, params, model, history, lengths = setup
   assert lengths.min() < _PROMPT_ITEMS  # some prompts are left-padded
-  parity = bench_hf.logits_parity(rec.config, params, model, rec.prompts(history, lengths),
-                                  k=5, tol=1e-4)
+  parity = hf_reference.logits_parity(rec.config, params, model,
+                                      rec.prompts(history, lengths), k=5, tol=1e-4)
   assert parity['positions'] == int(lengths.sum()) * _LEVELS
   assert parity['logits_max_abs_diff'] <= 1e-4
   assert parity['top5_tokens_equal_rate'] == 1.0
@@ -71,10 +59,10 @@ def test_constrained_beam_search_agrees(setup):
   rec, params, model, history, lengths = setup
   beam, k = 10, 5
   ours, our_scores = rec.recommend(params, history, lengths, beam)
-  table = bench_hf.prefix_table(rec.item_tokens)
-  tokens, scores = bench_hf.hf_beam_search(model, rec.prompts(history, lengths), table,
-                                           beam=beam, num_levels=_LEVELS)
-  theirs = bench_hf.tokens_to_items(rec, tokens)
+  table = hf_reference.prefix_table(rec.item_tokens)
+  tokens, scores = hf_reference.hf_beam_search(model, rec.prompts(history, lengths), table,
+                                               beam=beam, num_levels=_LEVELS)
+  theirs = hf_reference.tokens_to_items(rec, tokens)
   assert theirs.shape == ours.shape == (len(lengths), beam)
   assert np.all(theirs[:, :k] >= 0)  # every returned SID is in the catalogue
   assert _ITEMS - 1 not in theirs  # the collided item is named by its group's first item
@@ -84,13 +72,13 @@ def test_constrained_beam_search_agrees(setup):
 
 def test_prefix_table():
   item_tokens = np.array([[1, 9, 17], [1, 9, 18], [2, 10, 17]])
-  table = bench_hf.prefix_table(item_tokens)
+  table = hf_reference.prefix_table(item_tokens)
   assert table[()] == [1, 2]
   assert table[(1,)] == [9]
   assert table[(1, 9)] == [17, 18]
   assert table[(2, 10)] == [17]
   assert (2, 9) not in table
-  allowed = bench_hf.allowed_tokens_fn(table, prompt_len=2)
+  allowed = hf_reference.allowed_tokens_fn(table, prompt_len=2)
   assert allowed(0, torch.tensor([5, 6, 1, 9])) == [17, 18]
   assert allowed(0, torch.tensor([5, 6, 2, 9])) == [sid_sequences.PAD_TOKEN]
 
@@ -99,9 +87,9 @@ def test_ranked_agreement_allows_only_near_ties():
   scores = np.array([[-1.0, -2.0, -2.00001, -3.0]] * 3)
   ids_a = np.array([[7, 8, 9, 4]] * 3)
   ids_b = np.array([[7, 8, 9, 4], [7, 9, 8, 4], [8, 7, 9, 4]])
-  strict, ties_aside = bench_hf.ranked_agreement(ids_a, scores, ids_b, scores, k=3, tol=1e-4)
+  strict, ties_aside = hf_reference.ranked_agreement(ids_a, scores, ids_b, scores, k=3, tol=1e-4)
   np.testing.assert_array_equal(strict, [True, False, False])
   np.testing.assert_array_equal(ties_aside, [True, True, False])
   shifted = scores + np.array([0.0, 0.0, 1e-3, 0.0])
-  _, ties_aside = bench_hf.ranked_agreement(ids_a, scores, ids_a, shifted, k=3, tol=1e-4)
+  _, ties_aside = hf_reference.ranked_agreement(ids_a, scores, ids_a, shifted, k=3, tol=1e-4)
   assert not ties_aside.any()

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from minirec_jax.models import decoder as decoder_lib
+from minirec_jax.models import hf_convert
 from minirec_jax.models import moe
 from minirec_jax.models import variants
 from minirec_jax.training import sft
@@ -85,7 +86,7 @@ def test_dense_config_keeps_its_parameter_tree():
   assert {p[2:] for p in paths if p[:2] == ('layers_0', 'mlp')} == {
       ('gate_proj', 'kernel'), ('up_proj', 'kernel'), ('down_proj', 'kernel')}
   # Every parameter still has its HF tensor, so the HF loader is unaffected.
-  assert len(decoder_lib.params_to_hf_state_dict(params, dense)) == len(paths)
+  assert len(hf_convert.params_to_hf_state_dict(params, dense)) == len(paths)
   counts = decoder_lib.count_params(dense)
   assert counts['active_non_embedding_params'] == counts['non_embedding_params']
 
@@ -213,7 +214,7 @@ def test_variants_and_config_validation():
     with pytest.raises(ValueError, match=f'{field} must be .*{value}'):
       _config(**{field: value})
   with pytest.raises(ValueError, match='num_experts=8'):
-    decoder_lib.params_from_hf_state_dict({}, CONFIG)
+    hf_convert.params_from_hf_state_dict({}, CONFIG)
 
 
 def _batch():

@@ -5,27 +5,23 @@ q/k/v bias, no output bias) -> residual -> RMSNorm -> SwiGLU MLP (or, with `num_
 mixture of SwiGLU experts: see moe.py) -> residual; final RMSNorm; LM head tied to the
 embedding or separate. Parameter names follow HF Qwen2 (embed_tokens,
 layers_i/self_attn/{q,k,v,o}_proj, mlp/{gate,up,down}_proj, input_layernorm,
-post_attention_layernorm, norm, lm_head), so `params_from_hf_state_dict` loads a pretrained
-checkpoint of the family without touching the module. Parameters are float32; `dtype` sets the
-compute dtype; logits are always float32.
+post_attention_layernorm, norm, lm_head), so hf_convert.py loads a pretrained checkpoint of the
+family without touching the module. Parameters are float32; `dtype` sets the compute dtype;
+logits are always float32. The attention kernels themselves are in attention.py.
 
 Two call paths share the same weights:
 * training / scoring: `Decoder(config).apply({'params': p}, tokens, positions, mask)` with any
   boolean attention mask `[batch, q, k]` (segment-restricted or windowed causal masks; see
   `causal_mask` for plain causal attention over left-padded rows);
-* decoding: `prefill` then `decode_step`, with the cache as a dict pytree:
-    k, v:  `[layers, batch, max_len, kv_heads, head_dim]` (batch on axis 1),
-    valid: bool `[batch, max_len]`, True on slots that hold a real token (batch on axis 0),
-    index: int32 scalar, the next slot to write (shared by all rows: left padding, not per-row
-           offsets, absorbs different prompt lengths).
-  `reorder_cache` gathers rows along those batch axes, e.g. to follow beams.
+* decoding: `prefill` then `decode_step`, with the cache a `KVCache` pytree (k, v, valid and a
+  write index shared by all rows: left padding, not per-row offsets, absorbs different prompt
+  lengths). `reorder_cache` gathers its rows, e.g. to follow beams.
 * decoding many rows per prompt (beams, samples, GRPO candidates): `prefill_shared` keeps each
-  prompt's keys/values once, as `prefix_k`, `prefix_v` `[layers, prompts, T, kv_heads,
-  head_dim]` and `prefix_valid` `[prompts, T]`, next to a per-row cache of only the generated
-  slots (k, v, valid as above with max_len = the tokens to generate). Rows are prompt-major
-  (row r continues prompt r // (rows / prompts)); attention reads the prefix without copying
-  it per row, and `reorder_cache` moves only the per-row part. Same numbers as `prefill` with
-  the prompt repeated per row, for a fraction of the memory traffic.
+  prompt's keys/values once, in the cache's prefix fields, next to a per-row cache of only the
+  generated slots. Rows are prompt-major (row r continues prompt r // (rows / prompts));
+  attention reads the prefix without copying it per row, and `reorder_cache` moves only the
+  per-row part. Same numbers as `prefill` with the prompt repeated per row, for a fraction of
+  the memory traffic.
 """
 
 from __future__ import annotations
@@ -35,20 +31,18 @@ from typing import Any
 
 import chex
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minirec_jax.models import attention
 from minirec_jax.models import layers
 from minirec_jax.models import moe
 
-Cache = dict[str, jax.Array]
 Params = dict[str, Any]
 _INIT = nn.initializers.normal(0.02)
-_MASKED = -1e30  # finite: a fully masked score row must not turn into NaN
-_CAUSAL_QUERY_BLOCK = 64  # query positions per block when a causal mask lets attention skip keys
 _COMPUTE_DTYPES = ('float32', 'bfloat16')
-
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
@@ -180,26 +174,77 @@ def _dense(config: DecoderConfig, features: int, bias: bool, name: str) -> nn.De
                   name=name)
 
 
+@flax.struct.dataclass
+class LayerCache:
+  """One layer's view of a `KVCache`, as `Attention` reads and updates it.
+
+  Attributes:
+    k, v: `[batch, max_len, kv_heads, head_dim]`, the rows' own slots.
+    index: int32 scalar, the first slot the call writes.
+    prefix_k, prefix_v: `[prompts, T, kv_heads, head_dim]` shared prompt keys/values, or None.
+    prefix_valid: bool `[prompts, T]`, or None.
+  """
+
+  k: jax.Array
+  v: jax.Array
+  index: jax.Array
+  prefix_k: jax.Array | None = None
+  prefix_v: jax.Array | None = None
+  prefix_valid: jax.Array | None = None
+
+
+@flax.struct.dataclass
+class KVCache:
+  """The decoder's key/value cache for `prefill` / `decode_step`: a pytree (jit, lax.scan).
+
+  Attributes:
+    k, v: `[layers, batch, max_len, kv_heads, head_dim]` (batch on axis 1), in the compute
+      dtype.
+    valid: bool `[batch, max_len]`, True on slots that hold a real token (batch on axis 0).
+    index: int32 scalar, the next slot to write, shared by all rows.
+    prefix_k, prefix_v: None, or (`prefill_shared`) each prompt's keys/values stored once,
+      `[layers, prompts, T, kv_heads, head_dim]`, read by every row of the prompt; rows are
+      prompt-major and k, v, valid then hold only the generated slots.
+    prefix_valid: None, or bool `[prompts, T]`, False on the prompts' left padding.
+  """
+
+  k: jax.Array
+  v: jax.Array
+  valid: jax.Array
+  index: jax.Array
+  prefix_k: jax.Array | None = None
+  prefix_v: jax.Array | None = None
+  prefix_valid: jax.Array | None = None
+
+  def layer(self, i: int) -> LayerCache:
+    """Layer i's view, what `Attention` reads."""
+    if self.prefix_k is None:
+      return LayerCache(self.k[i], self.v[i], self.index)
+    return LayerCache(self.k[i], self.v[i], self.index, self.prefix_k[i], self.prefix_v[i],
+                      self.prefix_valid)
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention with RoPE; optionally reads and writes a KV cache."""
 
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, rope, mask, kv=None, causal=False):
-    """Attends `x` to itself, or to the cache when `kv` is given.
+  def __call__(self, x, rope, mask, cache: LayerCache | None = None, causal=False):
+    """Attends `x` to itself, or to the cache when `cache` is given.
 
     Args:
       x: `[b, s, width]`.
       rope: `rope_tables` of the s tokens' positions.
-      mask: bool `[b, s, t]`, True where query i may attend to key j.
-      kv: None (then t == s), or (k_cache, v_cache, index) with caches
-        `[b, max_len, kv_heads, head_dim]`: the s new keys/values are written at slots
-        index..index+s-1 and the queries attend over all t == max_len slots.
-      causal: without `kv`, a promise that `mask` never lets query i see a key j > i; the
-        key blocks above the diagonal are then skipped (`_CAUSAL_QUERY_BLOCK`).
+      mask: bool `[b, s, t]`, True where query i may attend to key j (with a shared prefix:
+        over the rows' own slots only; every query sees every valid prefix slot).
+      cache: None (then t == s), or this layer's cache: the s new keys/values are written at
+        slots index..index+s-1 and the queries attend over all t == max_len slots (and the
+        shared prefix, if any).
+      causal: without `cache`, a promise that `mask` never lets query i see a key j > i; the
+        key blocks above the diagonal are then skipped (`attention.CAUSAL_QUERY_BLOCK`).
     Returns:
-      (`[b, s, width]`, None or the updated (k_cache, v_cache)).
+      (`[b, s, width]`, None or the updated `LayerCache`).
     """
     c = self.config
     b, s, _ = x.shape
@@ -209,130 +254,19 @@ class Attention(nn.Module):
     q = apply_rope(q.reshape(b, s, c.num_heads, c.head_dim), rope)
     k = apply_rope(k.reshape(b, s, c.num_kv_heads, c.head_dim), rope)
     v = v.reshape(b, s, c.num_kv_heads, c.head_dim)
-    new_kv = None
-    if kv is not None:
-      k_cache, v_cache, index = kv[:3]
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-      new_kv = (k, v)
-    if kv is not None and len(kv) == 6:
-      out = _attend_with_prefix(q, k.astype(q.dtype), v.astype(q.dtype), mask, *kv[3:])
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, cache.index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, cache.index, 0, 0))
+      cache = cache.replace(k=k, v=v)
+    if cache is not None and cache.prefix_k is not None:
+      out = attention.attend_with_prefix(q, k.astype(q.dtype), v.astype(q.dtype), mask,
+                                         cache.prefix_k, cache.prefix_v, cache.prefix_valid)
     else:
-      # Query head h reads KV head h // (num_heads // num_kv_heads), as HF repeat_kv does.
-      # Scores and softmax are float32; a fully masked row (left padding) stays finite.
-      out = _attend_by_kv_head(q, k.astype(q.dtype), v.astype(q.dtype), mask,
-                               causal=causal and kv is None)
+      out = attention.attend_by_kv_head(q, k.astype(q.dtype), v.astype(q.dtype), mask,
+                                        causal=causal and cache is None)
     out = out.reshape(b, s, c.num_heads * c.head_dim)
     out = layers.on_rows(_dense(c, c.width, False, 'o_proj'), out)
-    return out, new_kv
-
-
-def _attend_by_kv_head(q, k, v, mask, causal=False):
-  """Grouped-query attention, one KV head at a time, in the projections' own layout.
-
-  The query heads of KV head j are rows `(position, head)` of one `[s * rep, head_dim]` matrix
-  per sequence, so every product reads its operands where the projections wrote them (no
-  head-major transposes, which XLA:CPU runs slowly). With `causal` (the mask is known to be
-  causal), queries go in blocks of `_CAUSAL_QUERY_BLOCK` positions and each block reads only
-  the keys up to its last position: 3/4 of the work at 2 blocks, about half at many.
-
-  Args:
-    q: `[b, s, heads, head_dim]`; k, v: `[b, t, kv_heads, head_dim]`; mask: bool `[b, s, t]`.
-  Returns:
-    `[b, s, heads, head_dim]`.
-  """
-  b, s, heads, head_dim = q.shape
-  kv_heads = k.shape[2]
-  rep = heads // kv_heads
-  starts = range(0, s, _CAUSAL_QUERY_BLOCK) if causal else [0]
-  blocks = []
-  for start in starts:
-    end = min(s, start + _CAUSAL_QUERY_BLOCK) if causal else s
-    keys = end if causal else k.shape[1]
-    outs = [_grouped_attention(
-        q[:, start:end, j * rep:(j + 1) * rep].reshape(b, (end - start) * rep, head_dim),
-        k[:, :keys, j], v[:, :keys, j], mask[:, start:end, :keys]) for j in range(kv_heads)]
-    blocks.append(jnp.concatenate([o.reshape(b, end - start, rep, head_dim) for o in outs],
-                                  axis=2))
-  return jnp.concatenate(blocks, axis=1)
-
-
-def _exp_scores(q, k, mask):
-  """Unnormalised attention weights: (exp(scores - row max) `[b, m, t]`, row sums `[b, m, 1]`).
-
-  q: `[b, m, d]` with m = s * rep rows ordered (position, head); k: `[b, t, d]`;
-  mask: bool `[b, s, t]`. Scores and weights are float32.
-  """
-  b, m, d = q.shape
-  s = mask.shape[1]
-  scores = jnp.einsum('bmd,btd->bmt', q, k, preferred_element_type=jnp.float32) * d ** -0.5
-  scores = jnp.where(mask[:, :, None, :], scores.reshape(b, s, m // s, -1), _MASKED)
-  e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True)).reshape(b, m, -1)
-  return e, jnp.sum(e, axis=-1, keepdims=True)
-
-
-@jax.custom_vjp
-def _grouped_attention(q, k, v, mask):
-  """softmax(q k^T / sqrt(d), masked) v for one KV head: q `[b, m, d]`, k, v `[b, t, d]`."""
-  return _grouped_attention_fwd(q, k, v, mask)[0]
-
-
-def _grouped_attention_fwd(q, k, v, mask):
-  e, total = _exp_scores(q, k, mask)
-  out = (jnp.einsum('bmt,btd->bmd', e.astype(q.dtype), v,
-                    preferred_element_type=jnp.float32) / total).astype(q.dtype)
-  return out, (q, k, v, e, total, out)
-
-
-def _grouped_attention_bwd(residuals, d_out):
-  # Hand-written so the normalisation is applied once to the [b, m, d] output, not to the
-  # [b, m, t] weights, and the softmax backward is one pass (autodiff takes three on CPU).
-  q, k, v, e, total, out = residuals
-  weights = e / total
-  d_out32 = d_out.astype(jnp.float32)
-  row_dot = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1, keepdims=True)
-  d_weights = jnp.einsum('bmd,btd->bmt', d_out, v, preferred_element_type=jnp.float32)
-  d_scores = (weights * (d_weights - row_dot) * q.shape[-1] ** -0.5).astype(q.dtype)
-  d_q = jnp.einsum('bmt,btd->bmd', d_scores, k)
-  d_k = jnp.einsum('bmt,bmd->btd', d_scores, q)
-  d_v = jnp.einsum('bmt,bmd->btd', weights.astype(q.dtype), d_out)
-  return d_q, d_k, d_v, None
-
-
-_grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)
-
-
-def _attend_with_prefix(q, k, v, mask, prefix_k, prefix_v, prefix_valid):
-  """Attention over a shared per-prompt prefix plus each row's own slots.
-
-  Args:
-    q: `[rows, s, heads, head_dim]`, rows prompt-major (G = rows // prompts per prompt).
-    k, v: `[rows, t, kv_heads, head_dim]`, the rows' own slots.
-    mask: bool `[rows, s, t]` over the rows' own slots.
-    prefix_k, prefix_v: `[prompts, T, kv_heads, head_dim]`.
-    prefix_valid: bool `[prompts, T]`; every query sees every valid prefix slot.
-  Returns:
-    `[rows, s, heads, head_dim]`, as attention over the concatenated keys would give.
-  """
-  rows, s, heads, head_dim = q.shape
-  prompts, _, kv_heads, _ = prefix_k.shape
-  g, rep = rows // prompts, heads // kv_heads
-  qg = q.reshape(prompts, g, s, kv_heads, rep, head_dim)
-  kg = k.reshape(prompts, g, -1, kv_heads, head_dim)
-  vg = v.reshape(prompts, g, -1, kv_heads, head_dim)
-  scale = head_dim ** -0.5
-  on_prefix = jnp.einsum('pgskrd,ptkd->pgkrst', qg, prefix_k.astype(q.dtype),
-                         preferred_element_type=jnp.float32) * scale
-  on_own = jnp.einsum('pgskrd,pglkd->pgkrsl', qg, kg,
-                      preferred_element_type=jnp.float32) * scale
-  on_prefix = jnp.where(prefix_valid[:, None, None, None, None, :], on_prefix, _MASKED)
-  on_own = jnp.where(mask.reshape(prompts, g, 1, 1, s, -1), on_own, _MASKED)
-  weights = jax.nn.softmax(jnp.concatenate([on_prefix, on_own], axis=-1), axis=-1)
-  t = prefix_k.shape[1]
-  out = (jnp.einsum('pgkrst,ptkd->pgskrd', weights[..., :t].astype(q.dtype),
-                    prefix_v.astype(q.dtype))
-         + jnp.einsum('pgkrsl,pglkd->pgskrd', weights[..., t:].astype(q.dtype), vg))
-  return out.reshape(rows, s, heads, head_dim)
+    return out, cache
 
 
 class Mlp(nn.Module):
@@ -354,21 +288,22 @@ class Block(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, rope, mask, kv=None, causal=False):
+  def __call__(self, x, rope, mask, cache: LayerCache | None = None, causal=False):
+    """`x [b, s, width]` -> (`[b, s, width]`, None or the updated cache); as `Attention`."""
     c = self.config
-    attn, new_kv = Attention(c, name='self_attn')(
-        RMSNorm(c.rms_eps, name='input_layernorm')(x), rope, mask, kv, causal)
+    attn, cache = Attention(c, name='self_attn')(
+        RMSNorm(c.rms_eps, name='input_layernorm')(x), rope, mask, cache, causal)
     x = x + attn
     h = RMSNorm(c.rms_eps, name='post_attention_layernorm')(x)
     if not c.num_experts:
-      return x + layers.on_rows(Mlp(c, name='mlp'), h), new_kv
+      return x + layers.on_rows(Mlp(c, name='mlp'), h), cache
     # Cached (decoding) calls never drop tokens, so generation is exact whatever the
     # training capacity. A token is real iff it may attend somewhere: every mask built here
     # lets a real token see itself and gives padding an all-False row.
-    capacity_factor = c.moe_capacity_factor if kv is None else 0.0
+    capacity_factor = c.moe_capacity_factor if cache is None else 0.0
     mlp = moe.MoeMlp(c.num_experts, c.experts_per_token, c.mlp_dim, capacity_factor,
                      c.compute_dtype, _INIT, name='mlp')
-    return x + mlp(h, jnp.any(mask, axis=-1)), new_kv
+    return x + mlp(h, jnp.any(mask, axis=-1)), cache
 
 
 class Decoder(nn.Module):
@@ -386,7 +321,7 @@ class Decoder(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, tokens, positions, mask=None, cache: Cache | None = None,
+  def __call__(self, tokens, positions, mask=None, cache: KVCache | None = None,
                causal: bool = False):
     c = self.config
     chex.assert_rank([tokens, positions], 2)
@@ -404,13 +339,11 @@ class Decoder(nn.Module):
     rope = rope_tables(positions, c.head_dim, c.rope_theta)
     new_k, new_v = [], []
     for i in range(c.depth):
-      kv = None if cache is None else (cache['k'][i], cache['v'][i], cache['index'])
-      if cache is not None and 'prefix_k' in cache:
-        kv += (cache['prefix_k'][i], cache['prefix_v'][i], cache['prefix_valid'])
-      x, layer_kv = Block(c, name=f'layers_{i}')(x, rope, mask, kv, causal)
+      layer = None if cache is None else cache.layer(i)
+      x, layer = Block(c, name=f'layers_{i}')(x, rope, mask, layer, causal)
       if cache is not None:
-        new_k.append(layer_kv[0])
-        new_v.append(layer_kv[1])
+        new_k.append(layer.k)
+        new_v.append(layer.v)
     # The final norm and the LM head run in float32 whatever the compute dtype.
     x = RMSNorm(c.rms_eps, name='norm')(x.astype(jnp.float32))
     if c.tie_embeddings:
@@ -421,8 +354,7 @@ class Decoder(nn.Module):
     logits = logits.astype(jnp.float32)
     if cache is None:
       return logits
-    return logits, {**cache, 'k': jnp.stack(new_k), 'v': jnp.stack(new_v),
-                    'index': cache['index'] + s}
+    return logits, cache.replace(k=jnp.stack(new_k), v=jnp.stack(new_v), index=cache.index + s)
 
 
 def causal_mask(valid: jax.Array) -> jax.Array:
@@ -438,26 +370,26 @@ def causal_mask(valid: jax.Array) -> jax.Array:
   return jnp.tril(jnp.ones((s, s), bool))[None] & valid[:, None, :].astype(bool)
 
 
-def init_cache(config: DecoderConfig, batch: int, max_len: int) -> Cache:
-  """An empty cache (see the module docstring for its layout), in the compute dtype."""
+def init_cache(config: DecoderConfig, batch: int, max_len: int) -> KVCache:
+  """An empty cache of `batch` rows and `max_len` slots (no prefix), in the compute dtype."""
   if not 1 <= max_len <= config.max_len:
     raise ValueError(f'cache length {max_len} must be in [1, config.max_len={config.max_len}]')
   shape = (config.depth, batch, max_len, config.num_kv_heads, config.head_dim)
-  return {'k': jnp.zeros(shape, config.compute_dtype), 'v': jnp.zeros(shape, config.compute_dtype),
-          'valid': jnp.zeros((batch, max_len), bool), 'index': jnp.zeros((), jnp.int32)}
+  return KVCache(k=jnp.zeros(shape, config.compute_dtype), v=jnp.zeros(shape, config.compute_dtype),
+                 valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
 
-def _cache_mask(cache: Cache, steps: int) -> jax.Array:
+def _cache_mask(cache: KVCache, steps: int) -> jax.Array:
   """`[b, steps, max_len]`: query j (slot index + j) sees valid slots up to its own."""
-  max_len = cache['valid'].shape[1]
+  max_len = cache.valid.shape[1]
   slots = jnp.arange(max_len)
-  query_slots = cache['index'] + jnp.arange(steps)
+  query_slots = cache.index + jnp.arange(steps)
   causal = slots[None, :] <= query_slots[:, None]
-  return causal[None] & cache['valid'][:, None, :]
+  return causal[None] & cache.valid[:, None, :]
 
 
 def prefill(config: DecoderConfig, params: Params, tokens: jax.Array, positions: jax.Array,
-            mask: jax.Array, max_len: int) -> tuple[jax.Array, Cache]:
+            mask: jax.Array, max_len: int) -> tuple[jax.Array, KVCache]:
   """Reads left-padded prompts into a fresh cache.
 
   Args:
@@ -477,7 +409,7 @@ def prefill(config: DecoderConfig, params: Params, tokens: jax.Array, positions:
   if max_len < t:
     raise ValueError(f'cache length {max_len} is shorter than the prompts ({t} tokens)')
   cache = init_cache(config, b, max_len)
-  cache['valid'] = cache['valid'].at[:, :t].set(mask.astype(bool))
+  cache = cache.replace(valid=cache.valid.at[:, :t].set(mask.astype(bool)))
   logits, cache = Decoder(config).apply({'params': params}, tokens, positions,
                                         _cache_mask(cache, t), cache)
   return logits[:, -1], cache
@@ -485,27 +417,27 @@ def prefill(config: DecoderConfig, params: Params, tokens: jax.Array, positions:
 
 def prefill_shared(config: DecoderConfig, params: Params, tokens: jax.Array,
                    positions: jax.Array, mask: jax.Array, gen_len: int
-                   ) -> tuple[jax.Array, Cache]:
+                   ) -> tuple[jax.Array, KVCache]:
   """Reads left-padded prompts once, for decoding several rows per prompt.
 
   Args:
     config, params, tokens, positions, mask: as `prefill` (prompts `[b, T]`).
     gen_len: generated slots per row (static under jit).
   Returns:
-    (float32 next-token logits `[b, vocab]`, a shared-prefix cache (module docstring) with
-    `b` rows; `reorder_cache(cache, rows)` then makes any prompt-major number of rows.)
+    (float32 next-token logits `[b, vocab]`, a `KVCache` with the prompts as its prefix and
+    `b` rows of gen_len empty slots; `reorder_cache(cache, rows)` then makes any prompt-major
+    number of rows.)
   """
   logits, cache = prefill(config, params, tokens, positions, mask, max_len=tokens.shape[1])
   own = init_cache(config, tokens.shape[0], gen_len)
-  return logits, {**own, 'prefix_k': cache['k'], 'prefix_v': cache['v'],
-                  'prefix_valid': cache['valid']}
+  return logits, own.replace(prefix_k=cache.k, prefix_v=cache.v, prefix_valid=cache.valid)
 
 
-def decode_step(config: DecoderConfig, params: Params, cache: Cache, tokens: jax.Array,
-                positions: jax.Array) -> tuple[jax.Array, Cache]:
-  """Feeds one token per row at cache slot `cache['index']`.
+def decode_step(config: DecoderConfig, params: Params, cache: KVCache, tokens: jax.Array,
+                positions: jax.Array) -> tuple[jax.Array, KVCache]:
+  """Feeds one token per row at cache slot `cache.index`.
 
-  The caller must keep `cache['index'] < max_len`: a write past the end is clamped by
+  The caller must keep `cache.index < max_len`: a write past the end is clamped by
   `dynamic_update_slice` (it would overwrite the last slot), which cannot be checked in jit.
 
   Args:
@@ -519,22 +451,20 @@ def decode_step(config: DecoderConfig, params: Params, cache: Cache, tokens: jax
   """
   chex.assert_rank([tokens, positions], 1)
   chex.assert_equal_shape([tokens, positions])
-  cache = dict(cache)
-  cache['valid'] = jax.lax.dynamic_update_slice(
-      cache['valid'], jnp.ones((tokens.shape[0], 1), bool), (0, cache['index']))
+  cache = cache.replace(valid=jax.lax.dynamic_update_slice(
+      cache.valid, jnp.ones((tokens.shape[0], 1), bool), (0, cache.index)))
   logits, cache = Decoder(config).apply({'params': params}, tokens[:, None], positions[:, None],
                                         _cache_mask(cache, 1), cache)
   return logits[:, 0], cache
 
 
-def reorder_cache(cache: Cache, rows: jax.Array) -> Cache:
+def reorder_cache(cache: KVCache, rows: jax.Array) -> KVCache:
   """Gathers cache rows (`rows`: int `[new_batch]`), e.g. to follow surviving beams.
 
   A shared prefix (`prefill_shared`) stays as it is: with it, `rows` must keep the rows
   prompt-major (row r of the result continues a row of prompt r // (new_batch / prompts)).
   """
-  return {**cache, 'k': cache['k'][:, rows], 'v': cache['v'][:, rows],
-          'valid': cache['valid'][rows]}
+  return cache.replace(k=cache.k[:, rows], v=cache.v[:, rows], valid=cache.valid[rows])
 
 
 def abstract_params(config: DecoderConfig) -> Params:
@@ -597,84 +527,3 @@ def flops_per_token(config: DecoderConfig, seq_len: int) -> dict[str, int]:
   forward = 2 * (c.depth * (attn + mlp) + c.width * c.vocab_size)
   forward += 4 * c.depth * seq_len * c.num_heads * c.head_dim
   return {'forward_flops_per_token': forward, 'train_flops_per_token': 3 * forward}
-
-
-def _hf_layout(config: DecoderConfig) -> list[tuple[str, tuple[str, ...], bool]]:
-  """(HF tensor name, parameter path, transposed?) for every parameter of the config.
-
-  HF Linear weights are `[out, in]`; linen Dense kernels are `[in, out]`.
-  """
-  if config.num_experts:
-    raise ValueError(f'HF conversion covers dense MLPs only, got num_experts='
-                     f'{config.num_experts}')
-  layout = [('model.embed_tokens.weight', ('embed_tokens', 'embedding'), False),
-            ('model.norm.weight', ('norm', 'weight'), False)]
-  for i in range(config.depth):
-    hf, ours = f'model.layers.{i}.', f'layers_{i}'
-    for proj in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
-      layout.append((f'{hf}self_attn.{proj}.weight', (ours, 'self_attn', proj, 'kernel'), True))
-      if config.qkv_bias and proj != 'o_proj':
-        layout.append((f'{hf}self_attn.{proj}.bias', (ours, 'self_attn', proj, 'bias'), False))
-    for proj in ('gate_proj', 'up_proj', 'down_proj'):
-      layout.append((f'{hf}mlp.{proj}.weight', (ours, 'mlp', proj, 'kernel'), True))
-    for norm in ('input_layernorm', 'post_attention_layernorm'):
-      layout.append((f'{hf}{norm}.weight', (ours, norm, 'weight'), False))
-  if not config.tie_embeddings:
-    layout.append(('lm_head.weight', ('lm_head', 'kernel'), True))
-  return layout
-
-
-def _lookup(tree: Params, path: tuple[str, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def params_from_hf_state_dict(state_dict: dict[str, Any], config: DecoderConfig) -> Params:
-  """HF Qwen2/Llama `Qwen2ForCausalLM` tensors -> decoder params (float32 numpy).
-
-  Args:
-    state_dict: tensor name (e.g. 'model.layers.0.self_attn.q_proj.weight') -> array-like
-      (numpy, including ml_dtypes bfloat16). RoPE `inv_freq` buffers are ignored; with tied
-      embeddings an 'lm_head.weight' equal to the embedding is accepted and dropped.
-    config: the config the checkpoint was made for.
-  Returns:
-    The parameter tree of `Decoder(config)`.
-  Raises:
-    ValueError: a tensor is missing, has the wrong shape, or is not part of the config.
-  """
-  shapes = abstract_params(config)
-  params: Params = {}
-  for name, path, transpose in _hf_layout(config):
-    if name not in state_dict:
-      raise ValueError(f'HF state dict has no tensor {name!r}')
-    value = np.asarray(state_dict[name], np.float32)
-    if transpose:
-      value = value.T
-    expected = _lookup(shapes, path).shape
-    if value.shape != expected:
-      raise ValueError(f'HF tensor {name!r} has shape {value.shape} (after transposing: '
-                       f'{transpose}), expected {expected} for this config')
-    node = params
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  known = {name for name, _, _ in _hf_layout(config)}
-  for name in state_dict:
-    if name in known or name.endswith('rotary_emb.inv_freq'):
-      continue
-    if (name == 'lm_head.weight' and config.tie_embeddings and np.array_equal(
-        np.asarray(state_dict[name], np.float32), params['embed_tokens']['embedding'])):
-      continue
-    raise ValueError(f'HF tensor {name!r} has no place in this config (untied lm_head, '
-                     'qkv_bias or depth mismatch?)')
-  return params
-
-
-def params_to_hf_state_dict(params: Params, config: DecoderConfig) -> dict[str, np.ndarray]:
-  """Inverse of `params_from_hf_state_dict`: HF tensor name -> numpy array (`[out, in]`)."""
-  out = {}
-  for name, path, transpose in _hf_layout(config):
-    value = np.asarray(_lookup(params, path))
-    out[name] = value.T if transpose else value
-  return out

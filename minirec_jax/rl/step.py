@@ -56,7 +56,7 @@ def make_grpo_step(config: DecoderConfig, *, sid_offset: int, codebook_size: int
   """Returns the un-jitted pure GRPO step.
 
   `sft_weight > 0` adds that multiple of the target's token-mean NLL to the loss (an SFT anchor,
-  rl_notes: AdaGRPO); the target is scored in the same pass as the G candidates.
+  as in AdaGRPO); the target is scored in the same pass as the G candidates.
   """
 
   def step(state, ref_params, reward_params, batch, rng):
