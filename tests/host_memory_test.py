@@ -43,7 +43,8 @@ def test_kernel_setting(tmp_path, content, expected):
 
 def test_a_binary_reexecutes_itself_once_with_the_tunable(tmp_path):
   binary = tmp_path / 'binary.py'
-  binary.write_text('import os\nfrom minirec_jax.infra import host_memory\nprint("start", flush=True)\n'
+  binary.write_text('import os\nfrom minirec_jax.infra import host_memory\n'
+                    'print("start", flush=True)\n'
                     'host_memory.use_huge_pages(__file__)\n'
                     'print(os.environ.get("GLIBC_TUNABLES"))\n')
   env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'MINIREC_HUGE_PAGES')}
@@ -59,7 +60,18 @@ def test_a_binary_reexecutes_itself_once_with_the_tunable(tmp_path):
   assert run() == ['start', 'None']
 
 
-def test_a_binary_main_called_from_another_program_does_not_reexecute(tmp_path):
-  # Here the running program is pytest, not this file: nothing happens (else pytest restarts).
+def test_a_binary_main_called_from_another_program_does_not_reexecute(tmp_path, monkeypatch):
+  # Here the running program is pytest, not this file: nothing may happen (else pytest would
+  # restart). execve is recorded instead of run, and re-execution is made wanted, so the only
+  # thing that can stop it is the check that the binary is the running program.
+  calls = []
+  monkeypatch.setattr(host_memory.os, 'execve', lambda *args: calls.append(args))
+  monkeypatch.setattr(host_memory, 'environment_with_huge_pages',
+                      lambda *args: {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'})
   host_memory.use_huge_pages(__file__)
   host_memory.use_huge_pages(str(tmp_path / 'some_binary.py'))
+  assert calls == []
+  main_file = getattr(sys.modules['__main__'], '__file__', None)
+  if main_file is not None:  # the same call from the running program does re-execute
+    host_memory.use_huge_pages(main_file)
+    assert len(calls) == 1 and calls[0][2] == {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}

@@ -20,6 +20,7 @@ import numpy as np
 from minirec_jax.data import pipeline
 from minirec_jax.data import sid_sequences
 from minirec_jax.decoding import prompted
+from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
 from minirec_jax.infra import metric_logging
 from minirec_jax.models import decoder as decoder_lib
@@ -67,10 +68,13 @@ class Recommender:
   def recommend(self, params, history: np.ndarray, history_len: np.ndarray,
                 k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item ids `[batch, k]` (best first) and their log-probs for padded histories."""
-    p = self.prompts(np.asarray(history), np.asarray(history_len))
-    items, scores = generate(self.config, params, self.trie, self.group_items, p['tokens'],
-                             p['positions'], p['mask'], beam_size=k,
-                             sid_offset=self.vocab.sid_offset)
+    return self.rank(params, self.prompts(np.asarray(history), np.asarray(history_len)), k)
+
+  def rank(self, params, prompts: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`recommend` on prompts made by `prompts`."""
+    items, scores = generate(self.config, params, self.trie, self.group_items,
+                             prompts['tokens'], prompts['positions'], prompts['mask'],
+                             beam_size=k, sid_offset=self.vocab.sid_offset)
     return np.asarray(items), np.asarray(scores)
 
 
@@ -95,21 +99,20 @@ def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_
   batches = pipeline.batched(subset, spec)
   for batch in metric_logging.track(batches, desc=f'eval {split}', unit='batch'):
     valid = batch['valid']
-    items, scores = recommender.recommend(params, batch['history'], batch['history_len'],
-                                          beam_size)
+    p = recommender.prompts(batch['history'], batch['history_len'])
+    items, scores = recommender.rank(params, p, beam_size)
     ranks = ranking.first_hit_rank(items, to_group[batch['target']])
     totals = totals + ranking.RankCounts.from_ranks(ranks, beam_size, valid=valid)
-    p = recommender.prompts(batch['history'], batch['history_len'])
     log_probs = target_log_probs(recommender.config, params, p['tokens'], p['positions'],
                                  p['mask'], recommender.item_tokens[batch['target']])
     token_nll -= float(np.sum(np.asarray(log_probs) * valid[:, None]))
     if keep_predictions:
       for r in np.flatnonzero(valid):
-        example = subset[int(batch['index'][r])]
+        index = int(batch['index'][r])
         keep = items[r] >= 0
-        rows.append({'user_id': example['user_id'].decode(), 'target': int(batch['target'][r]),
-                     'items': items[r][keep].tolist(), 'scores': scores[r][keep].tolist(),
-                     'sample_index': int(batch['index'][r]), 'split': split})
+        rows.append(predictions.make_row(subset[index]['user_id'].decode(), batch['target'][r],
+                                         items[r][keep], scores[r][keep], sample_index=index,
+                                         split=split))
   metrics = totals.means(ks)
   metrics['ppl_token'] = float(np.exp(token_nll / (n * recommender.vocab.num_levels)))
   metrics['ppl_item'] = float(np.exp(token_nll / n))
