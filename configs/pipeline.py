@@ -1,7 +1,7 @@
 """The end-to-end pipeline: `--config configs/pipeline.py[:dataset=industrial]`.
 
 Arguments (comma-separated): dataset (a config_utils.data_config preset; default ml100k, or
-synthetic with tiny), scale ('quick': minutes on 2 CPU cores; 'paper': the stage configs'
+synthetic with tiny), scale ('quick': reduced sizes for a CPU run; 'paper': the stage configs'
 defaults, i.e. the paper's recipe; default quick for ml100k/ml100k_loo/synthetic, paper for
 industrial/office), tiny (synthetic data and tiny models: a test-sized run).
 
@@ -22,7 +22,7 @@ _PAPER_DATASETS = ('industrial', 'office')
 
 
 def _quick(config: ml_collections.ConfigDict) -> None:
-  """Sizes that run MovieLens-100K end to end in well under 15 min on 2 CPU cores."""
+  """Reduced sizes that run MovieLens-100K end to end on a few CPU cores."""
   config.tokenizer.rqvae.overrides.update({'epochs': 200, 'ae_warmup_epochs': 40,
                                            'reseed_until': 150})
   config.sft.model.variant = 'XS'
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = ml_collections.ConfigDict()
   config.dataset = load_config(f'configs/dataset.py:{dataset}')
-  # tiny: RQ-KMeans fits in a second where the RQ-VAE spends ~15 s compiling.
+  # tiny: RQ-KMeans needs no compilation, which would dominate the RQ-VAE's tiny run.
   method = 'rqkmeans' if tiny else 'rqvae'
   config.tokenizer = load_config(f'configs/tokenizer.py:dataset={dataset},method={method}{tiny}')
   config.sft = load_config(f'configs/sft.py:dataset={dataset},sids=tokenizer{tiny}')

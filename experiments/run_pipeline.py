@@ -4,9 +4,10 @@
   python experiments/run_pipeline.py --config configs/pipeline.py:dataset=industrial \
       --workdir workdirs/pipeline_industrial [--config.sft.train.epochs=10 ...]
 
-Stages (one folder each): dataset, embeddings, semantic_ids, sft, sasrec, grpo, evaluation
-(see minirec_jax/experiment_pipeline.py). Prints the test metrics of SFT, SFT+GRPO and SASRec
-in the paper's Table-1 layout and writes them to <workdir>/results.md and results.json.
+Stages (one folder each, registered in minirec_jax/pipeline/minionerec.py): dataset,
+embeddings, semantic_ids, sft, sasrec, grpo, evaluation. Prints the test metrics of SFT,
+SFT+GRPO and SASRec in the paper's Table-1 layout and writes them to <workdir>/results.md and
+results.json.
 """
 
 import sys
@@ -15,7 +16,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from minirec_jax import experiment_pipeline
+from minirec_jax import pipeline
 from minirec_jax.data.errors import DataError
 from minirec_jax.infra import host_memory
 
@@ -29,8 +30,8 @@ def main(argv):
   host_memory.use_huge_pages(__file__)
   del argv
   try:
-    result = experiment_pipeline.run(_CONFIG.value, _WORKDIR.value)
-  except (DataError, experiment_pipeline.StageMismatchError) as exc:
+    result = pipeline.run(_CONFIG.value, _WORKDIR.value)
+  except (DataError, pipeline.StageMismatchError) as exc:
     print(f'error: {exc}', file=sys.stderr)
     sys.exit(2)
   print(', '.join(f'{stage}: {state}' for stage, state in result.status.items()))

@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
-from minirec_jax import experiment_pipeline as ep
+from minirec_jax import pipeline as ep
 from minirec_jax.evaluation import predictions
 from minirec_jax.infra.config_utils import load_config
+from minirec_jax.pipeline import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO, 'experiments', 'run_pipeline.py')
@@ -176,3 +178,39 @@ def test_evaluate_methods_uses_the_common_rows_and_sid_groups(tmp_path):
   assert a['metrics']['hr@1'] == 0.5 and a['metrics']['ndcg@2'] == pytest.approx(
       (1 + 1 / np.log2(3)) / 2)
   assert b['metrics']['hr@1'] == 1.0  # 4 counts as 1 (same SID group); 2 hits at rank 0
+
+
+def _toy_registry(inputs):
+  """A registry of stages named like the keys of `inputs`, reading its values, in that order."""
+  toy = registry.Registry()
+  for name, reads in inputs.items():
+    toy.register_stage(name, lambda config, folder, plan: {}, inputs=reads,
+                       configure=lambda context: ml_collections.ConfigDict())
+  return toy
+
+
+def test_registered_stages_run_after_their_inputs(tmp_path):
+  # A new stage and table row are registered without touching the others: the row's stage is
+  # read by the evaluation, so it runs before it although it was registered after it.
+  extended = ep.REGISTRY.copy()
+  extended.register_stage('popularity', lambda config, folder, plan: {}, inputs=('dataset',),
+                          configure=lambda context: ml_collections.ConfigDict())
+  extended.register_method('popularity', 'Popularity')
+  config = load_config('configs/pipeline.py:tiny')
+  plan = extended.plan(config, str(tmp_path))
+  assert list(plan.stages) == [*ep.STAGES[:-1], 'popularity', 'evaluation']
+  assert plan.stages['evaluation'].deps == ('sasrec', 'sft', 'grpo', 'popularity')
+  assert [m.display_name(plan) for m in plan.methods][-1] == 'Popularity'
+  assert list(ep.stages(config, str(tmp_path))) == list(ep.STAGES)  # the default is unchanged
+
+  toy = _toy_registry({'report': ('train',), 'train': ('data',), 'eval': ('train',), 'data': ()})
+  order = list(toy.plan(ml_collections.ConfigDict(), str(tmp_path)).stages)
+  assert order == ['data', 'train', 'report', 'eval']
+
+  with pytest.raises(ep.StageGraphError, match=r"'report' reads \['trian'\], which are not"):
+    _toy_registry({'data': (), 'report': ('trian',)}).plan(ml_collections.ConfigDict(), '')
+  cyclic = _toy_registry({'data': (), 'train': ('data', 'report'), 'report': ('train',)})
+  with pytest.raises(ep.StageGraphError, match='in a cycle: train reads report reads train$'):
+    cyclic.plan(ml_collections.ConfigDict(), '')
+  with pytest.raises(ep.StageGraphError, match="'data' is registered twice"):
+    _toy_registry({'data': ()}).register_stage('data', lambda config, folder, plan: {})
