@@ -3,9 +3,9 @@
   python experiments/bench_decode.py --workdir workdirs/sft_ind_S_official \
       [--beam=50] [--batch=256] [--output=docs/bench/decode.json]
 
-Uses the best checkpoint of an SFT workdir (or random parameters with --random_init, which
-decode at the same speed). Serving: `Recommender.recommend` at batch 1 (p50/p99 over many
-single-user calls) and throughput at a large batch.
+Uses the reported checkpoint of an SFT or GRPO workdir (or random parameters with
+--random_init, which decode at the same speed). Serving: `Recommender.recommend` at batch 1
+(p50/p99 over many single-user calls) and throughput at a large batch.
 """
 
 import json
@@ -16,17 +16,16 @@ import time
 from absl import app
 from absl import flags
 import jax
-import ml_collections
 import numpy as np
 
 from minirec_jax.data import pipeline
-from minirec_jax.evaluation import generative
 from minirec_jax.infra import host_memory
 from minirec_jax.infra import io_utils
 from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import artifacts
 from minirec_jax.loops import sft as sft_loop
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'SFT workdir (best checkpoint).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'SFT or GRPO workdir.')
 _RANDOM = flags.DEFINE_bool('random_init', False, 'Use random parameters instead.')
 _BEAM = flags.DEFINE_integer('beam', 50, 'Beam width.')
 _BATCH = flags.DEFINE_integer('batch', 256, 'Users per decoding call.')
@@ -38,16 +37,13 @@ def main(argv):
   host_memory.use_huge_pages(__file__)
   del argv
   if _WORKDIR.value and not _RANDOM.value:
-    with open(os.path.join(_WORKDIR.value, 'config.json')) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    policy = artifacts.load_policy(_WORKDIR.value)
+    config, s, params = policy.sft_config, policy.setup, policy.params
   else:
     config = load_config('configs/sft.py:dataset=industrial')
-  s = sft_loop.setup(config)
-  if _RANDOM.value:
+    s = sft_loop.setup(config)
     params = sft_loop.init_state(s, config, 1, jax.random.key(0)).params
-  else:
-    params = sft_loop.restore_best_params(config, _WORKDIR.value, s)
-  rec = generative.Recommender(s.model_config, s.sids, config.data.max_history)
+  rec = s.recommender
   test = s.dataset.split('test')
   spec = pipeline.BatchSpec(_BATCH.value, max_history=config.data.max_history,
                             drop_remainder=False)

@@ -5,9 +5,9 @@
 
 Per dataset: build the data and model exactly as train_sasrec does, compile the step on one
 batch (reported as compile_s), then time `--epochs` full epochs (host batching included, no
-evaluation) and report their median. The RecBole 1.2.1 peer figures (../shared/peers/RESULTS.md,
-2 CPU cores, 2 torch threads) are echoed for reference; they compare only with runs on the same
-machine kind, so rerun the peer beside this benchmark before quoting a ratio.
+evaluation) and report their median. The RecBole 1.2.1 peer figures (PEER_SECONDS_PER_EPOCH,
+measured with 2 torch threads on 2 CPU cores) are echoed for reference; they compare only with
+runs on the same machine kind, so rerun the peer beside this benchmark before quoting a ratio.
 """
 
 import json
@@ -40,7 +40,7 @@ _FIXED_ROWS = flags.DEFINE_list(
 _DATA_DIR = flags.DEFINE_string('data_dir', '', 'TFDS folder (default: the project cache).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path (list of rows).')
 
-# RecBole 1.2.1 SASRec, train seconds per epoch on 2 CPU cores (../shared/peers/RESULTS.md).
+# RecBole 1.2.1 SASRec, train seconds per epoch on 2 CPU cores (2 torch threads).
 PEER_SECONDS_PER_EPOCH = {'ml100k_loo': 123.1, 'industrial': 6.8}
 
 

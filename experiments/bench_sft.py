@@ -49,13 +49,14 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
 def time_variant(variant: str, steps: int) -> dict:
   config = load_config(f'configs/sft.py:dataset=industrial,variant={variant}')
   s = sft_loop.setup(config)
+  train, _ = sft_loop.pack_splits(config, s)
   mesh = parallel.make_mesh()
   batch_size = config.train.batch_size
-  steps_per_epoch = len(s.train) // batch_size
+  steps_per_epoch = len(train) // batch_size
   state = sft_loop.init_state(s, config, steps_per_epoch, jax.random.key(0))
   step = parallel.jit_data_parallel(sft.make_sft_step(sft.decoder_apply_fn(s.model)), mesh)
-  arrays = {k: v for k, v in sft_loop._packed_arrays(s.train).items()}
-  batches = iter(pipeline.array_batches(arrays, batch_size, seed=0, num_epochs=None))
+  batches = iter(pipeline.array_batches(sft_loop.packed_arrays(train), batch_size, seed=0,
+                                        num_epochs=None))
   rng = jax.random.key(0)
 
   def run(n):

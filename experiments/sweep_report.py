@@ -18,6 +18,7 @@ from absl import flags
 from minirec_jax.evaluation import scaling
 from minirec_jax.infra import io_utils
 from minirec_jax.infra import metric_logging
+from minirec_jax.loops import artifacts
 
 _ROOT = flags.DEFINE_string('root', 'workdirs/sweep', 'Sweep folder.')
 _OUTPUT = flags.DEFINE_string('output', 'docs/sweep', 'Folder for plots, table and fits.')
@@ -29,22 +30,21 @@ def collect(root: str) -> list[dict]:
     workdir = os.path.dirname(results_path)
     with open(results_path) as f:
       results = json.load(f)
-    with open(os.path.join(workdir, 'config.json')) as f:
-      config = json.load(f)
+    config = artifacts.workdir_config(workdir)
     metrics = metric_logging.read_metrics(workdir)
     model = next(m for m in metrics if 'model/non_embedding_params' in m)
     losses = [m['valid/loss'] for m in metrics if 'valid/loss' in m]
     train_rows = [m for m in metrics if 'train/loss' in m]
     steps = max((m['step'] for m in train_rows), default=0)
-    tokens = steps * config['train']['batch_size'] * config['train']['seq_len']
+    tokens = steps * config.train.batch_size * config.train.seq_len
     rows.append({
         'run': os.path.basename(workdir), 'width': model.get('model/width', None),
         # Active parameters (equal to all non-embedding ones for dense models), so dense and
         # mixture-of-experts runs compare at matched per-token size.
         'non_embedding_params': model.get('model/active_non_embedding_params',
                                           model['model/non_embedding_params']),
-        'variant': config['model'].get('variant'),
-        'params': model['model/params'], 'data_fraction': config['train'].get('data_fraction', 1.0),
+        'variant': config.model.get('variant'),
+        'params': model['model/params'], 'data_fraction': config.train.get('data_fraction', 1.0),
         'tokens': tokens, 'compute': model['model/train_flops_per_token'] * tokens,
         'best_valid_loss': min(losses), 'test_hr@10': results['test']['hr@10'],
         'test_ndcg@10': results['test']['ndcg@10']})
@@ -66,9 +66,9 @@ def plot(rows, fits, folder):
     xs = [r[x_key] for r in data]
     ax.plot(xs, [r[y_key] for r in data], 'o')
     if fit_key and fit_key in fits:
-      grid = sorted(xs)
-      ax.plot(grid, scaling.predict(fits[fit_key], grid), '-',
-              label=f"alpha={fits[fit_key]['alpha']:.3f}±{1.96 * fits[fit_key]['alpha_stderr']:.3f}")
+      grid, fit = sorted(xs), fits[fit_key]
+      ax.plot(grid, scaling.predict(fit, grid), '-',
+              label=f"alpha={fit['alpha']:.3f}±{1.96 * fit['alpha_stderr']:.3f}")
       ax.legend()
     ax.set_xscale('log')
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # unreadable when dense
@@ -92,7 +92,8 @@ def main(argv):
                                            [r['best_valid_loss'] for r in full])
   fits['compute'] = scaling.fit_power_law([r['compute'] for r in rows],
                                           [r['best_valid_loss'] for r in rows])
-  if len({r['data_fraction'] for r in rows}) > 1 and len({r['non_embedding_params'] for r in rows}) > 1:
+  if (len({r['data_fraction'] for r in rows}) > 1
+      and len({r['non_embedding_params'] for r in rows}) > 1):
     fits['params_and_data'] = scaling.fit_two_variable(
         [r['non_embedding_params'] for r in rows], [r['tokens'] for r in rows],
         [r['best_valid_loss'] for r in rows])

@@ -12,6 +12,7 @@ import pytest
 from minirec_jax.data import sasrec_packing
 from minirec_jax.evaluation import predictions
 from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import artifacts
 from minirec_jax.loops import sasrec as train_lib
 from minirec_jax.models import layers
 from minirec_jax.models import sasrec
@@ -306,7 +307,7 @@ def test_tiny_training_beats_random_and_writes_outputs(successor_data, tmp_path)
   assert rows[0]['scores'] == sorted(rows[0]['scores'], reverse=True)
   # The reward-model hand-off: the best params restored from the workdir rank the test rows
   # exactly as the run's own evaluation did.
-  model_config, params = train_lib.restore_sasrec(workdir)
+  model_config, params = artifacts.load_sasrec(workdir)
   assert model_config.architecture == 'official' and model_config.num_items == 40
   test_rows = _successor_rows(40, 120, seed=0)['test'][:8]
   history = np.full((8, 10), -1, np.int32)

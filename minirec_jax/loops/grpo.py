@@ -1,28 +1,25 @@
-"""The GRPO host loop: start from an SFT workdir, roll out, reward, update, evaluate."""
+"""The GRPO host loop: start from an SFT workdir's policy, roll out, reward, update, evaluate.
+
+The policy and the optional SASRec reward model come from their workdirs through
+`loops.artifacts`; the run's checkpoints hold `artifacts.grpo_tree` (policy state and KL
+reference), so that `artifacts.load_policy` can read a GRPO workdir back.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from minirec_jax.data import pipeline
-from minirec_jax.evaluation import generative
 from minirec_jax.evaluation import predictions
-from minirec_jax.infra import checkpointing
-from minirec_jax.infra import distributed
-from minirec_jax.infra import io_utils
 from minirec_jax.infra import metric_logging
-from minirec_jax.infra import optim
-from minirec_jax.loops import sasrec as sasrec_train
+from minirec_jax.loops import artifacts
+from minirec_jax.loops import run as run_lib
 from minirec_jax.loops import sft as sft_loop
-from minirec_jax.models import sasrec as sasrec_model
 from minirec_jax.rl import rollout as rollout_lib
 from minirec_jax.rl import step as step_lib
 from minirec_jax.semantic_ids import trie as trie_lib
@@ -30,20 +27,9 @@ from minirec_jax.training import parallel
 from minirec_jax.training import state as state_lib
 
 
-def sft_config(init_from: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(init_from, 'config.json')) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def soft_sync(ref_params, params, alpha: float):
   """TR-DPO style reference update: ref <- alpha * policy + (1 - alpha) * ref."""
   return jax.tree.map(lambda r, p: alpha * p + (1.0 - alpha) * r, ref_params, params)
-
-
-def reward_model(sasrec_workdir: str):
-  """(score_fn, frozen params) of a SASRec trained by `train_sasrec`, for the collab reward."""
-  model_config, params = sasrec_train.restore_sasrec(sasrec_workdir)
-  return sasrec_model.score_fns(model_config).score, params
 
 
 def step_timing(times: dict[str, list[float]]) -> dict:
@@ -61,64 +47,50 @@ def step_timing(times: dict[str, list[float]]) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        score_fn=None, reward_params=None) -> dict:
-  """GRPO from the best checkpoint of `config.init_from` (an SFT workdir).
+  """GRPO from the reported checkpoint of `config.init_from` (an SFT workdir, or a GRPO one).
 
   `score_fn`/`reward_params`: a frozen collaborative model for the 'collab' reward; when not
   given, `config.grpo.reward_model` (a `train_sasrec` workdir) is loaded if set.
   """
-  distributed.initialize()
   if config.eval.report not in ('best', 'last'):
     raise ValueError(f"config.eval.report must be 'best' or 'last', got {config.eval.report!r}")
-  os.makedirs(workdir, exist_ok=True)
-  io_utils.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
-  base = sft_config(config.init_from)
-  s = sft_loop.setup(base)
-  init_params = sft_loop.restore_best_params(base, config.init_from, s)
-  recommender = generative.Recommender(s.model_config, s.sids, base.data.max_history)
+  run = run_lib.start(config, workdir)
+  mesh = run.mesh
+  policy = artifacts.load_policy(config.init_from)
+  s, max_history = policy.setup, policy.sft_config.data.max_history
+  vocab = s.recommender.vocab
   trie = trie_lib.build_trie(s.sids.codes, s.sids.codebook_size, dedupe='first')
   g = config.grpo
   if score_fn is None and g.reward_model:
-    score_fn, reward_params = reward_model(g.reward_model)
-  tx, _ = optim.from_config(config.optim, config.train.steps)
-  mesh = parallel.make_mesh(config.mesh.num_devices or None)
+    score_fn, reward_params = artifacts.load_scorer(g.reward_model)
   # Everything placed as the update places its outputs, so each jitted function compiles once.
-  init_params = jax.device_put(init_params, parallel.replicated(mesh))
-  state = state_lib.create(lambda p: p, tx, init_params, sharding=parallel.replicated(mesh))
+  init_params, reward_params = jax.device_put((policy.params, reward_params),
+                                              parallel.replicated(mesh))
+  state = state_lib.create(lambda p: p, artifacts.grpo_optimizer(config), init_params,
+                           sharding=parallel.replicated(mesh))
   ref_params = jax.tree.map(jnp.copy, init_params)  # state is donated; ref must not alias it
   weights = dict(g.rewards)
   step_fn = step_lib.make_grpo_step(
-      s.model_config, sid_offset=recommender.vocab.sid_offset,
-      codebook_size=recommender.vocab.codebook_size, item_to_group=trie.item_to_group,
-      codes_table=trie.codes, weights=weights, beta=g.beta, kl_estimator=g.kl_estimator,
-      clip_eps=g.clip_eps, aggregation=g.aggregation, adv_ddof=g.adv_ddof, adv_eps=g.adv_eps,
-      sft_weight=g.sft_weight, score_fn=score_fn)
+      s.model_config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
+      item_to_group=trie.item_to_group, codes_table=trie.codes, weights=weights, beta=g.beta,
+      kl_estimator=g.kl_estimator, clip_eps=g.clip_eps, aggregation=g.aggregation,
+      adv_ddof=g.adv_ddof, adv_eps=g.adv_eps, sft_weight=g.sft_weight, score_fn=score_fn)
   update = parallel.jit_data_parallel(step_fn, mesh, num_frozen=2, max_traces=1)
 
-  ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.ckpt.keep,
-                                    best_metric='ndcg@10')
-  train = s.dataset.split('train')
-  spec = pipeline.BatchSpec(config.train.prompts_per_step, max_history=base.data.max_history)
-  data_iter = iter(pipeline.batched(train, spec, seed=config.seed,
+  ckpts = run.checkpoints(artifacts.GRPO_SELECT_BY)
+  spec = pipeline.BatchSpec(config.train.prompts_per_step, max_history=max_history)
+  data_iter = iter(pipeline.batched(s.dataset.split('train'), spec, seed=config.seed,
                                     num_epochs=None).to_iter_dataset())
-  restored = ckpts.restore_latest({'state': state, 'ref': ref_params})
-  if restored is not None:
-    tree, data_state, _ = restored
-    state, ref_params = tree['state'], tree['ref']
-    data_iter.set_state(data_state)
-    logging.info('resumed GRPO at step %d', int(state.step))
+  tree, _ = run_lib.resume(ckpts, artifacts.grpo_tree(state, ref_params), data_iter)
+  state, ref_params = tree['state'], tree['ref']
 
-  def evaluate(params, split, max_examples, keep=False):
-    return generative.evaluate(recommender, params, s.dataset.split(split),
-                               beam_size=config.eval.beam_size,
-                               batch_size=config.eval.batch_size, ks=config.eval.ks,
-                               max_examples=max_examples, split=split, keep_predictions=keep)
+  def valid_metrics(params):
+    return sft_loop.evaluate(s, params, config.eval, 'valid', config.eval.max_examples).metrics
 
-  writer = metric_logging.MetricWriter(workdir, tensorboard=config.log.tensorboard,
-                                       enabled=jax.process_index() == 0)
   if int(state.step) == 0:
-    start = evaluate(state.params, 'valid', config.eval.max_examples).metrics
-    writer.write(0, start, prefix='valid/')
-    ckpts.save(0, {'state': state, 'ref': ref_params}, data_state=data_iter.get_state(),
+    start = valid_metrics(state.params)
+    run.writer.write(0, start, prefix='valid/')
+    ckpts.save(0, artifacts.grpo_tree(state, ref_params), data_state=data_iter.get_state(),
                metrics=start)
   rng = jax.random.key(config.seed)
   progress = metric_logging.Progress(config.train.steps, 'grpo', unit='step',
@@ -127,12 +99,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = int(state.step)
   while step < config.train.steps:
     batch = next(data_iter)
-    prompts = recommender.prompts(batch['history'], batch['history_len'])
+    prompts = s.recommender.prompts(batch['history'], batch['history_len'])
     t0 = time.perf_counter()
     roll = rollout_lib.rollout(
         s.model_config, state.params, trie, prompts['tokens'], prompts['positions'],
         prompts['mask'], jnp.asarray(batch['target']), jax.random.fold_in(rng, step),
-        mode=g.rollout, group_size=g.group_size, sid_offset=recommender.vocab.sid_offset,
+        mode=g.rollout, group_size=g.group_size, sid_offset=vocab.sid_offset,
         temperature=g.temperature, add_target=g.add_target)
     jax.block_until_ready(roll)
     t1 = time.perf_counter()
@@ -152,29 +124,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       ref_params = soft_sync(ref_params, state.params, g.ref_sync_alpha)
     metric_logging.check_finite(step, metrics)
     if step % config.log.every_steps == 0:
-      writer.write(step, {**metrics, 'rollout_s': t1 - t0, 'update_s': t2 - t1},
-                   prefix='train/')
+      run.writer.write(step, {**metrics, 'rollout_s': t1 - t0, 'update_s': t2 - t1},
+                       prefix='train/')
     if step % config.train.eval_every_steps == 0 or step == config.train.steps:
-      valid = evaluate(state.params, 'valid', config.eval.max_examples).metrics
-      writer.write(step, valid, prefix='valid/')
-      ckpts.save(step, {'state': state, 'ref': ref_params}, data_state=data_iter.get_state(),
+      valid = valid_metrics(state.params)
+      run.writer.write(step, valid, prefix='valid/')
+      ckpts.save(step, artifacts.grpo_tree(state, ref_params), data_state=data_iter.get_state(),
                  metrics=valid)
   progress.close()
-  ckpts.wait()
   if config.eval.report == 'best':
-    best, _, _ = ckpts.restore_best({'state': state, 'ref': ref_params})
-    report_params, report_step = best['state'].params, ckpts.best_step()
+    best, report_step, _ = run_lib.restore_best(ckpts, artifacts.grpo_tree(state, ref_params))
+    report_params = best['state'].params
   else:
+    ckpts.close()
     report_params, report_step = state.params, int(state.step)
-  ckpts.close()
   results = {'report_step': report_step, 'timing': step_timing(times)}
-  predictions.save_item_groups(os.path.join(workdir, predictions.ITEM_GROUPS_FILE),
-                               s.sids.item_to_group)
-  for split in ('valid', 'test'):
-    result = evaluate(report_params, split, config.eval.report_max_examples, keep=True)
-    predictions.write(os.path.join(workdir, f'predictions_{split}.jsonl'), result.predictions)
-    results[split] = result.metrics
-  io_utils.write_json(os.path.join(workdir, 'results.json'), results)
-  writer.write(config.train.steps, results['test'], prefix='final_test/')
-  writer.close()
-  return results
+  predictions.save_item_groups(run.path(predictions.ITEM_GROUPS_FILE), s.sids.item_to_group)
+  results.update(sft_loop.report_splits(config, workdir, s, report_params))
+  return run.finish(config.train.steps, results)

@@ -8,9 +8,9 @@ official evaluation and RecBole's sequential models), keeps the best checkpoint 
 improvement, and finally evaluates the best parameters on valid and test (metrics at
 `config.eval.ks`, top-`config.eval.top_k` predictions file for test, results.json).
 
-Batches are slices of in-memory split arrays (`row_batches`). Slicing numpy arrays by a
-permutation costs ~1 ms a batch, where a Grain index pipeline spends ~17 us per example (35 ms
-per batch of 2048, a quarter of an Industrial training step).
+Batches are slices of in-memory split arrays (`row_batches`): one numpy gather per batch,
+where a Grain index pipeline pays Python overhead per example, a large share of a step at
+SASRec's size. Workdir setup, resuming and the final files follow `loops.run`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import math
-import os
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from absl import logging
 import jax
@@ -34,18 +32,17 @@ from minirec_jax.data import pipeline
 from minirec_jax.data import sasrec_packing
 from minirec_jax.evaluation import predictions as predictions_lib
 from minirec_jax.evaluation import ranking
-from minirec_jax.infra import checkpointing
-from minirec_jax.infra import distributed
 from minirec_jax.infra import io_utils
 from minirec_jax.infra import metric_logging
+from minirec_jax.loops import run as run_lib
 from minirec_jax.models import baselines
-from minirec_jax.models import sasrec as sasrec_lib
 from minirec_jax.training import parallel
 from minirec_jax.training import sasrec as sasrec_steps
 from minirec_jax.training import state as state_lib
 from minirec_jax.training.state import TrainState
 
 _COLUMNS = ('history', 'history_len', 'target', 'user')
+MODEL_FILE = 'model.json'  # the ranker's description; for SASRec, its model config
 
 # ----------------------------------------------------------------------------------------------
 # Data: whole splits as padded numpy arrays (they are small; batches are then cheap slices).
@@ -294,13 +291,10 @@ def _model_name(config) -> str:
 
 def train_sasrec(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (unless variant == 'pop'), evaluates the best params; returns results.json."""
-  distributed.initialize()
-  os.makedirs(workdir, exist_ok=True)
-  io_utils.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+  run = run_lib.start(config, workdir)
   s = setup(config)
-  io_utils.write_json(os.path.join(workdir, 'model.json'), s.ranker.description)
-  mesh = parallel.make_mesh(config.mesh.num_devices or None)
-  _check_divisible(config.eval.batch_size, mesh, 'eval.batch_size')
+  io_utils.write_json(run.path(MODEL_FILE), s.ranker.description)
+  _check_divisible(config.eval.batch_size, run.mesh, 'eval.batch_size')
   top_k = min(config.eval.top_k, s.num_items)
   reported = [f'{m}@{k}' for m in ranking.METRIC_NAMES
               for k in ranking.usable_ks(config.eval.ks, top_k)]
@@ -308,18 +302,16 @@ def train_sasrec(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f'eval.select_by={config.eval.select_by!r} is not among the reported '
                      f'metrics {reported}; adjust eval.ks, eval.top_k or eval.select_by')
   eval_fn = sasrec_steps.make_eval_fn(s.ranker, top_k)
-  writer = metric_logging.MetricWriter(workdir, tensorboard=config.log.tensorboard,
-                                       enabled=jax.process_index() == 0)
   logging.info('%s: %d params, %d items, train/valid/test rows %d/%d/%d', _model_name(config),
                s.ranker.description['num_params'], s.num_items,
                *(len(s.splits[n]) for n in ('train', 'valid', 'test')))
-  eval_kwargs = dict(batch_size=config.eval.batch_size, ks=config.eval.ks, mesh=mesh)
+  eval_kwargs = dict(batch_size=config.eval.batch_size, ks=config.eval.ks, mesh=run.mesh)
 
   training = {}
   if config.model.variant == 'pop':
     params = s.ranker.init(None)
   else:
-    params, training = _train(config, workdir, s, mesh, eval_fn, writer, eval_kwargs)
+    params, training = _train(config, run, s, eval_fn, eval_kwargs)
 
   results = {'model': _model_name(config), 'variant': config.model.variant,
              'num_params': s.ranker.description['num_params'], **training}
@@ -328,30 +320,24 @@ def train_sasrec(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              keep_predictions=split == 'test', **eval_kwargs)
     results[split] = metrics
     if rows:
-      predictions_lib.write(os.path.join(workdir, f'predictions_{split}.jsonl'), rows)
+      run_lib.write_predictions(workdir, split, rows)
     print(f'--- {split} ({metrics["examples"]} samples, full ranking over {s.num_items} '
           'items) ---')
     print(ranking.full_table(metrics))
   print(ranking.table1({f'minirec-jax {_model_name(config)}': results['test']}))
-  writer.write(training.get('steps', 0), results['test'], prefix='final_test/')
-  writer.close()
-  io_utils.write_json(os.path.join(workdir, 'results.json'), results)
-  return results
+  return run.finish(training.get('steps', 0), results)
 
 
-def _train(config, workdir, s: Setup, mesh, eval_fn, writer, eval_kwargs):
+def _train(config, run: run_lib.Run, s: Setup, eval_fn, eval_kwargs):
   """The epoch loop with early stopping; returns (best params, training summary)."""
   batch_size = config.train.batch_size
+  mesh = run.mesh
   _check_divisible(batch_size, mesh, 'train.batch_size')
   state = init_state(s, config, mesh)
   select_by = config.eval.select_by
-  ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.ckpt.keep,
-                                    best_metric=select_by, best_mode='max')
-  progress = {'epoch': 0, 'best': -1.0, 'best_epoch': -1, 'since_best': 0}
-  restored = ckpts.restore_latest(state)
-  if restored is not None:
-    state, progress, _ = restored
-    logging.info('resumed after epoch %d (step %d)', progress['epoch'], int(state.step))
+  ckpts = run.checkpoints(select_by)
+  state, restored = run_lib.resume(ckpts, state)
+  progress = restored or {'epoch': 0, 'best': -1.0, 'best_epoch': -1, 'since_best': 0}
   packer = make_packer(s.ranker, config, mesh)
   # One shape per packed row count (a multiple of the packer's, at most one row per sample).
   max_traces = -(-batch_size // packer.row_multiple) if packer is not None else 1
@@ -377,13 +363,13 @@ def _train(config, workdir, s: Setup, mesh, eval_fn, writer, eval_kwargs):
     metric_logging.check_finite(int(state.step), train_metrics)
     epoch_seconds.append(train_metrics['epoch_seconds'])
     step = int(state.step)
-    writer.write(step, {**train_metrics, 'epoch': epoch + 1}, prefix='train/')
+    run.writer.write(step, {**train_metrics, 'epoch': epoch + 1}, prefix='train/')
     progress['epoch'] = epoch + 1
     if progress['epoch'] % config.train.eval_every_epochs and (
         progress['epoch'] < config.train.epochs):
       continue
     valid, _ = evaluate(eval_fn, state.params, s.splits['valid'], **eval_kwargs)
-    writer.write(step, valid, prefix='valid/')
+    run.writer.write(step, valid, prefix='valid/')
     improved = valid[select_by] > progress['best']
     if improved:
       progress.update(best=valid[select_by], best_epoch=epoch + 1, since_best=0)
@@ -394,31 +380,9 @@ def _train(config, workdir, s: Setup, mesh, eval_fn, writer, eval_kwargs):
                  valid[select_by], progress['best'], progress['best_epoch'])
     # `latest` every evaluation (resume); `best` only when it changes (metrics passed).
     ckpts.save(step, state, data_state=progress, metrics=valid if improved else None)
-  ckpts.wait()
-  best_state, _, best_metrics = ckpts.restore_best(state)
-  ckpts.close()
+  best_state, _, best_metrics = run_lib.restore_best(ckpts, state)
   summary = {'epochs_run': progress['epoch'], 'best_epoch': progress['best_epoch'],
              'steps': int(state.step), 'best_valid_during_training': best_metrics,
              'train_seconds_per_epoch': float(np.mean(epoch_seconds)) if epoch_seconds else None,
              'stopped_early': progress['since_best'] > config.train.patience}
   return best_state.params, summary
-
-
-def restore_sasrec(workdir: str) -> tuple[sasrec_lib.SASRecConfig, Any]:
-  """(model config, best params) of a SASRec trained by `train_sasrec` (e.g. as a reward)."""
-  with open(os.path.join(workdir, 'model.json'), encoding='utf-8') as f:
-    description = json.load(f)
-  if description.get('kind') != 'sasrec':
-    raise ValueError(f'{workdir} holds a {description.get("kind")!r} model, not SASRec')
-  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  fields = {f.name for f in dataclasses.fields(sasrec_lib.SASRecConfig)}
-  model_config = sasrec_lib.SASRecConfig(**{k: v for k, v in description.items() if k in fields})
-  params = jax.eval_shape(lambda: sasrec_lib.init_params(model_config, jax.random.key(0)))
-  tx = sasrec_steps.optimizer(config.optim)
-  abstract = jax.eval_shape(lambda p: TrainState.create(apply_fn=None, params=p, tx=tx), params)
-  ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
-                                    best_metric=config.eval.select_by)
-  state, _, _ = ckpts.restore_best(abstract)
-  ckpts.close()
-  return model_config, state.params

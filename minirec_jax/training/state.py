@@ -26,7 +26,17 @@ def create(init_params: Callable[..., Any], tx: optax.GradientTransformation, *a
       state), a callable `abstract state -> shardings` (e.g. `parallel.state_sharding` on a
       mesh), or None (the default device).
   """
-  build = lambda *a: TrainState.create(apply_fn=None, params=init_params(*a), tx=tx)
   if callable(sharding):
-    sharding = sharding(jax.eval_shape(build, *args))
-  return jax.jit(build, out_shardings=sharding)(*args)
+    sharding = sharding(abstract(init_params, tx, *args))
+  return jax.jit(_builder(init_params, tx), out_shardings=sharding)(*args)
+
+
+def abstract(init_params: Callable[..., Any], tx: optax.GradientTransformation,
+             *args) -> TrainState:
+  """The shapes and dtypes (`jax.ShapeDtypeStruct` leaves) of `create`'s state, computing
+  nothing: a restore target. `args` may themselves be `ShapeDtypeStruct`s."""
+  return jax.eval_shape(_builder(init_params, tx), *args)
+
+
+def _builder(init_params: Callable[..., Any], tx: optax.GradientTransformation) -> Callable:
+  return lambda *a: TrainState.create(apply_fn=None, params=init_params(*a), tx=tx)
