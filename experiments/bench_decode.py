@@ -9,8 +9,6 @@ Uses the reported checkpoint of an SFT or GRPO workdir (or random parameters wit
 """
 
 import json
-import os
-import platform
 import time
 
 from absl import app
@@ -20,6 +18,7 @@ import numpy as np
 
 from minirec_jax.data import pipeline
 from minirec_jax.infra import host_memory
+from minirec_jax.infra import timing
 from minirec_jax.infra import io_utils
 from minirec_jax.infra.config_utils import load_config
 from minirec_jax.loops import artifacts
@@ -62,8 +61,7 @@ def main(argv):
     rec.recommend(params, b['history'], b['history_len'], _BEAM.value)
     latencies.append(time.perf_counter() - t0)
   result = {
-      'machine': f'{platform.node()} {os.cpu_count()} cpus', 'huge_pages': host_memory.active(),
-      'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'beam': _BEAM.value, 'batch': _BATCH.value,
+      **timing.machine_record(), 'beam': _BEAM.value, 'batch': _BATCH.value,
       'model': config.model.variant, 'test_users': len(test),
       'eval_all_test_s': full, 'users_per_s': len(test) / full,
       'batch1_p50_ms': 1e3 * float(np.percentile(latencies, 50)),

@@ -11,14 +11,13 @@ and policy log-probs, one optimizer step), the first step (compilation) apart.
 
 import json
 import os
-import platform
 import tempfile
-import time
 
 from absl import app
 from absl import flags
 
 from minirec_jax.infra import host_memory
+from minirec_jax.infra import timing
 from minirec_jax.infra import io_utils
 from minirec_jax.infra.config_utils import load_config
 from minirec_jax.loops import grpo as grpo_loop
@@ -45,17 +44,16 @@ def main(argv):
   config.eval.report = 'last'
   load_before = os.getloadavg()[0]
   with tempfile.TemporaryDirectory() as workdir:
-    timing = grpo_loop.train_and_evaluate(config, workdir)['timing']
-  result = {'machine': f'{platform.node()} {platform.machine()} {os.cpu_count()} cpus',
-            'huge_pages': host_memory.active(),
-            'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'init_from': _INIT_FROM.value,
+    step_times = grpo_loop.train_and_evaluate(config, workdir)['timing']
+  result = {**timing.machine_record(), 'init_from': _INIT_FROM.value,
             'rollout': _ROLLOUT.value, 'prompts': _PROMPTS.value, 'group_size': _GROUP.value,
             'load_average_before': load_before, 'load_average_after': os.getloadavg()[0],
-            **timing}
-  step = timing['rollout_s_median'] + timing['update_s_median']
+            **step_times}
+  step = step_times['rollout_s_median'] + step_times['update_s_median']
   print(f'GRPO step ({_PROMPTS.value} prompts x {_GROUP.value}, {_ROLLOUT.value}): '
-        f'{step:.2f} s median = rollout {timing["rollout_s_median"]:.2f} s '
-        f'({100 * timing["rollout_share"]:.0f}%) + update {timing["update_s_median"]:.2f} s')
+        f'{step:.2f} s median = rollout {step_times["rollout_s_median"]:.2f} s '
+        f'({100 * step_times["rollout_share"]:.0f}%) + '
+        f'update {step_times["update_s_median"]:.2f} s')
   print(json.dumps(result, indent=2))
   if _OUTPUT.value:
     io_utils.write_json(_OUTPUT.value, result)

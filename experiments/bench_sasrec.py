@@ -11,7 +11,6 @@ runs on the same machine kind, so rerun the peer beside this benchmark before qu
 """
 
 import json
-import platform
 import statistics
 import time
 
@@ -20,6 +19,7 @@ from absl import flags
 import jax
 
 from minirec_jax.infra import host_memory
+from minirec_jax.infra import timing
 from minirec_jax.infra import io_utils
 from minirec_jax.infra.config_utils import load_config
 from minirec_jax.loops import sasrec
@@ -94,8 +94,7 @@ def time_dataset(dataset: str, variant: str, epochs: int, tiny: bool, share: str
   per_epoch = statistics.median(seconds)
   return {
       'bench': 'sasrec_train_epoch', 'dataset': dataset, 'variant': variant, 'tiny': tiny,
-      'device': jax.devices()[0].device_kind, 'num_devices': mesh.size,
-      'cpu': platform.processor() or platform.machine(), 'huge_pages': host_memory.active(),
+      **timing.machine_record(), 'num_devices': mesh.size,
       'train_rows': len(train),
       'batch_size': batch_size, 'steps_per_epoch': steps,
       'num_params': s.ranker.description['num_params'], 'compile_s': round(compile_s, 3),

@@ -9,8 +9,6 @@ packed batch, padding included, since it is computed).
 """
 
 import json
-import os
-import platform
 import time
 
 from absl import app
@@ -20,6 +18,7 @@ import jax.numpy as jnp
 
 from minirec_jax.data import pipeline
 from minirec_jax.infra import host_memory
+from minirec_jax.infra import timing
 from minirec_jax.infra import io_utils
 from minirec_jax.infra.config_utils import load_config
 from minirec_jax.loops import sft as sft_loop
@@ -91,9 +90,7 @@ def main(argv):
     print(f"{variant}: width {row['width']}, {row['params']:,} params, "
           f"{row['seconds_per_epoch']:.1f} s/epoch ({row['steps_per_epoch']} steps), "
           f"{row['model_flops_per_s'] / 1e9:.1f} GFLOP/s, MFU {100 * row['mfu']:.0f}%")
-  result = {'machine': f'{platform.node()} {os.cpu_count()} cpus',
-            'huge_pages': host_memory.active(),
-            'date': time.strftime('%Y-%m-%d %H:%M:%S'), 'peak_matmul_flops': peak,
+  result = {**timing.machine_record(), 'peak_matmul_flops': peak,
             'rows': rows}
   print(f'peak fp32 matmul: {peak / 1e9:.1f} GFLOP/s')
   print(json.dumps(result, indent=2))

@@ -1,4 +1,5 @@
-"""host_memory: when a binary re-executes itself with glibc's huge-page tunable, and that it does."""
+"""host_memory: when a binary re-executes itself with glibc's huge-page tunable, and that it
+does."""
 
 import os
 import subprocess

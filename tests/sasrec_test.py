@@ -135,7 +135,8 @@ def test_packed_batches_give_the_per_row_outputs(variant, share_prefixes):
   history, lengths = _user_windows(config.num_items, config.max_len, seed=4)
   keep = np.ones(len(lengths), bool)
   keep[::7] = False  # batch padding rows point nowhere and are skipped
-  packed = sasrec_packing.pack(history, lengths, keep, row_multiple=4, share_prefixes=share_prefixes)
+  packed = sasrec_packing.pack(history, lengths, keep, row_multiple=4,
+                              share_prefixes=share_prefixes)
   assert len(packed.tokens) % 4 == 0
   model = sasrec.SASRec(config)
   out = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, packed)

@@ -313,7 +313,8 @@ class SASRec(nn.Module):
       return self.drop(x, deterministic=deterministic) * valid[..., None]
     return self.drop(layers.on_rows(self.norm, x), deterministic=deterministic)
 
-  def _encode(self, packed: sasrec_packing.Packed, deterministic: bool, last_only: bool) -> jax.Array:
+  def _encode(self, packed: sasrec_packing.Packed, deterministic: bool,
+              last_only: bool) -> jax.Array:
     """`[b, 1, d]` at each sample's last item (last_only) or `[r, W, d]` everywhere."""
     chex.assert_equal_shape([packed.tokens, packed.positions, packed.segments])
     chex.assert_equal_shape([packed.rows, packed.ends])
@@ -340,19 +341,22 @@ class SASRec(nn.Module):
       x = self.norm(x)
     return x
 
-  def encode_packed(self, packed: sasrec_packing.Packed, *, deterministic: bool = True) -> jax.Array:
+  def encode_packed(self, packed: sasrec_packing.Packed, *,
+                    deterministic: bool = True) -> jax.Array:
     """`[b, hidden]` representations of the samples packed in `packed` (see `pack`)."""
     return self._encode(packed, deterministic, last_only=True)[:, 0]
 
   def encode(self, history: jax.Array, history_len: jax.Array, *,
              deterministic: bool = True) -> jax.Array:
     """`[b, H]` histories, `[b]` lengths -> `[b, hidden]` representation at position len-1."""
-    return self.encode_packed(sasrec_packing.one_per_row(history, history_len), deterministic=deterministic)
+    return self.encode_packed(sasrec_packing.one_per_row(history, history_len),
+                              deterministic=deterministic)
 
   def encode_all(self, history: jax.Array, history_len: jax.Array, *,
                  deterministic: bool = True) -> jax.Array:
     """`[b, H, hidden]`: the output at every position (positions >= len are padding)."""
-    return self._encode(sasrec_packing.one_per_row(history, history_len), deterministic, last_only=False)
+    return self._encode(sasrec_packing.one_per_row(history, history_len), deterministic,
+                        last_only=False)
 
   def item_logits(self, hidden: jax.Array) -> jax.Array:
     """`[b, hidden]` -> `[b, num_items]` scores of every item (the pad row has none)."""
@@ -406,7 +410,8 @@ def score_fns(config: SASRecConfig) -> ScoreFns:
 
   def score(params, histories, history_len, candidate_items):
     chex.assert_rank(candidate_items, 2)
-    return model.apply({'params': params}, sasrec_packing.one_per_row(histories, history_len), candidate_items)
+    return model.apply({'params': params}, sasrec_packing.one_per_row(histories, history_len),
+                       candidate_items)
 
   def score_all(params, histories, history_len):
     return model.apply({'params': params}, histories, history_len, method=SASRec.all_logits)
