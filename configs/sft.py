@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   weight_decay=0.01, b2=0.98, clip_norm=1.0)
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.split = 'valid'
+  config.eval.split = 'valid'            # checkpoints are chosen on this split ('test' is refused)
   config.eval.beam_size = 50
   config.eval.batch_size = 256
   config.eval.ks = (1, 3, 5, 10, 20, 50)

@@ -3,9 +3,10 @@
   python experiments/aggregate_runs.py --runs=workdirs/sft_s0,workdirs/sft_s1,workdirs/sft_s2 \
       [--split=test] [--ks=3,5,10] [--output=summary.json]
 
-Prints one Markdown row per metric family: mean +- sample standard deviation over the runs,
-then the standard error of one run's metric over its rows (from predictions_<split>.jsonl, the
-mean over the runs): the yardstick for "within one standard error of a peer".
+Prints mean +- sample standard deviation over the runs of each metric at item level, and at
+SID level when the runs report it (generative runs: 'sid_' keys), then the standard error of
+one run's item-level metric over its rows (from predictions_<split>.jsonl, the mean over the
+runs): the yardstick for "within one standard error of a peer".
 """
 
 import json
@@ -15,6 +16,7 @@ from absl import app
 from absl import flags
 
 from minirec_jax.evaluation import compare
+from minirec_jax.evaluation import item_lists
 from minirec_jax.infra import io_utils
 
 _RUNS = flags.DEFINE_list('runs', None, 'Workdirs with a results.json.', required=True)
@@ -32,13 +34,16 @@ def main(argv):
   summary = compare.mean_and_spread(metrics)
   wanted = [f'{m}@{k}' for k in _KS.value for m in ('hr', 'ndcg', 'mrr')]
   print(f'{len(metrics)} runs, {_SPLIT.value}')
-  print('| ' + ' | '.join(wanted) + ' |')
-  print('|' + '---|' * len(wanted))
-  print('| ' + ' | '.join(f'{summary[m][0]:.4f} +- {summary[m][1]:.4f}' for m in wanted) + ' |')
+  print('| level | ' + ' | '.join(wanted) + ' |')
+  print('|---|' + '---|' * len(wanted))
+  for level, prefix in (('item', ''), ('SID', item_lists.SID_PREFIX)):
+    if all(prefix + m in summary for m in wanted):
+      print(f'| {level} | ' + ' | '.join(
+          f'{summary[prefix + m][0]:.4f} +- {summary[prefix + m][1]:.4f}' for m in wanted) + ' |')
   stderr = compare.row_standard_errors(
       [os.path.join(run, f'predictions_{_SPLIT.value}.jsonl') for run in _RUNS.value],
       [int(k) for k in _KS.value])
-  print('| ' + ' | '.join(f's.e. {stderr[m]:.4f}' for m in wanted) + ' |')
+  print('| item, s.e. over rows | ' + ' | '.join(f'{stderr[m]:.4f}' for m in wanted) + ' |')
   if _OUTPUT.value:
     io_utils.write_json(_OUTPUT.value, {'runs': _RUNS.value, 'split': _SPLIT.value,
                                         'mean_std': summary, 'row_standard_error': stderr})

@@ -105,7 +105,7 @@ def decode_bench(rec, params, model, history, lengths, *, beam: int, hf_batch: i
   chunks = [slice(i, i + hf_batch) for i in range(0, len(lengths), hf_batch)]
 
   def ours():
-    return rec.recommend(params, history, lengths, beam)
+    return rec.rank(params, rec.prompts(history, lengths), beam)  # ranked SIDs, as HF's
 
   def theirs():
     out = [hf_reference.hf_beam_search(model, rec.prompts(history[c], lengths[c]), table,
@@ -230,7 +230,8 @@ def main(argv):
   sids, sid_source = load_catalogue(_INDEX.value)
   rec = generative.Recommender(
       variants.decoder_config(_VARIANT.value, sid_sequences.SidVocab(
-          sids.num_levels, sids.codebook_size).vocab_size), sids, _MAX_ITEMS)
+          sids.num_levels, sids.codebook_size).vocab_size), sids, _MAX_ITEMS,
+      np.zeros(sids.num_items))
   config = rec.config
   tokens = jnp.zeros((1, 1), jnp.int32)
   params = jax.jit(decoder_lib.Decoder(config).init)(jax.random.key(0), tokens, tokens)['params']

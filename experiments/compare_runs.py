@@ -1,12 +1,15 @@
 """Paired comparison of runs against a baseline on the same split (e.g. GRPO vs its SFT start).
 
-  python experiments/compare_runs.py --baseline=workdirs/sft --runs=workdirs/grpo_a,workdirs/grpo_b \
-      [--split=test] [--ks=3,5,10] [--output=compare.json]
+  python experiments/compare_runs.py --baseline=workdirs/sft \
+      --runs=workdirs/grpo_a,workdirs/grpo_b [--split=test] [--ks=3,5,10] [--level=item|sid] \
+      [--output=compare.json]
 
 Reads `<workdir>/predictions_<split>.jsonl` of each run (or a .jsonl path given directly) and
 prints, per metric, the baseline value, the run's value and the paired difference +- its
-standard error over the shared rows. Items sharing a SID count as the same item when the
-baseline workdir has an item_groups.npy (written by the training loops) or --item_groups is given.
+standard error over the shared rows. `--level=item` (default) compares the ranked item lists;
+`--level=sid` the ranked SIDs (the official metric: items sharing a SID count as one), which
+needs the baseline workdir's item_groups.npy (written by the generative loops) or
+--item_groups.
 `--train_metrics=zero_advantage_groups,kl` adds a table of training metrics from each run's
 metrics.jsonl: the mean over logged steps, and the last value.
 """
@@ -32,10 +35,11 @@ _METRICS = flags.DEFINE_list('metrics', ['hr', 'ndcg'], 'Metric families to prin
 _ITEM_GROUPS = flags.DEFINE_string(
     'item_groups', None, 'Item -> group .npy (items sharing a SID count as one); default: the '
     "baseline workdir's item_groups.npy if present.")
+_LEVEL = flags.DEFINE_enum('level', 'item', ['item', 'sid'],
+                           'Item-level or SID-level metrics (see evaluation/item_lists.py).')
 _TRAIN_METRICS = flags.DEFINE_list(
     'train_metrics', [], "Training metrics (names after 'train/') to summarise per run.")
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
-
 
 
 def _predictions_path(run: str) -> str:
@@ -46,16 +50,20 @@ def main(argv):
   del argv
   ks = [int(k) for k in _KS.value]
   wanted = [f'{m}@{k}' for k in ks for m in _METRICS.value]
-  print(f'| run | ' + ' | '.join(wanted) + ' |')
+  print('| run | ' + ' | '.join(wanted) + ' |')
   print('|---|' + '---|' * len(wanted))
   results = {}
   groups_path = _ITEM_GROUPS.value or os.path.join(_BASELINE.value, predictions.ITEM_GROUPS_FILE)
   try:
     groups = (predictions.load_item_groups(groups_path)
               if _ITEM_GROUPS.value or os.path.exists(groups_path) else None)
+    if _LEVEL.value == 'sid' and groups is None:
+      raise DataError('--level=sid needs item groups: none next to the baseline, and no '
+                      '--item_groups', path=groups_path)
     for run in _RUNS.value:
       diffs = {d.metric: d for d in compare.paired_differences(
-          _predictions_path(_BASELINE.value), _predictions_path(run), ks, groups)}
+          _predictions_path(_BASELINE.value), _predictions_path(run), ks, groups,
+          _LEVEL.value)}
       results[run] = {m: vars(diffs[m]) for m in wanted}
       cells = [f'{diffs[m].b:.4f} ({diffs[m].diff:+.4f} +- {diffs[m].stderr:.4f})'
                for m in wanted]
@@ -76,6 +84,7 @@ def main(argv):
                                         for v in train[run].values()) + ' |')
   if _OUTPUT.value:
     io_utils.write_json(_OUTPUT.value, {'baseline': _BASELINE.value, 'split': _SPLIT.value,
+                                        'level': _LEVEL.value,
                                         'runs': results, 'train': train})
 
 

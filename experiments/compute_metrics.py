@@ -3,8 +3,10 @@
   python experiments/compute_metrics.py --predictions=workdirs/sft/predictions_test.jsonl \
       [--ks=1,3,5,10,20,50] [--item_groups=groups.npy] [--output=metrics.json]
 
-The file format is documented in minirec_jax/evaluation/predictions.py; `--item_groups` is an
-int .npy array item -> group so that items sharing a SID count as the same item. K longer
+The file format is documented in minirec_jax/evaluation/predictions.py. Metrics are item-level
+(the ranked item lists as they are); `--item_groups` (an int .npy array item -> SID group, the
+item_groups.npy a generative run writes) adds the SID level, where items sharing a SID count
+as one (minirec_jax/evaluation/item_lists.py). K longer
 than the longest ranked list is dropped, as in the official calc.py. Bad input prints one
 error line naming file, line, field and value, and exits with status 1.
 """
@@ -15,6 +17,7 @@ from absl import app
 from absl import flags
 
 from minirec_jax.data.errors import DataError
+from minirec_jax.evaluation import item_lists
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
 from minirec_jax.infra import io_utils
@@ -44,9 +47,13 @@ def main(argv):
         f'{result.path}')
   if result.dropped_ks:
     print(f'K > {result.list_length} dropped: {", ".join(map(str, result.dropped_ks))}')
-  print(ranking.table1({'predictions': result.metrics}))
+  sid = item_lists.sid_level(result.metrics)
+  print(ranking.table1({'item level': result.metrics, **({'SID level': sid} if sid else {})}))
   print()
   print(ranking.full_table(result.metrics))
+  if sid:
+    print('\nSID level:')
+    print(ranking.full_table(sid))
   if _OUTPUT.value:
     io_utils.write_json(_OUTPUT.value, result.to_json())
 

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from minirec_jax.data import synthetic
+from minirec_jax.evaluation import predictions
 from minirec_jax.infra.config_utils import load_config
 from minirec_jax.loops import grpo as grpo_loop
 from minirec_jax.loops import sft as sft_loop
@@ -36,8 +37,13 @@ def test_grpo_runs_from_sft_and_reports_the_last_step(sft_workdir, tmp_path):
   config.grpo.sft_weight = 0.1
   results = grpo_loop.train_and_evaluate(config, str(tmp_path))
   assert results['report_step'] == config.train.steps
-  assert results['test']['examples'] > 0 and 0.0 <= results['test']['hr@10'] <= 1.0
-  assert os.path.exists(tmp_path / 'predictions_test.jsonl')
+  # The reported metrics are those of the predictions file, at both levels.
+  groups = predictions.load_item_groups(tmp_path / predictions.ITEM_GROUPS_FILE)
+  recomputed = predictions.file_metrics(tmp_path / 'predictions_test.jsonl', (1, 5, 10),
+                                        item_to_group=groups)
+  assert recomputed.samples == results['test']['examples']
+  for key in ('hr@10', 'ndcg@10', 'sid_hr@10', 'sid_ndcg@10'):
+    assert recomputed.metrics[key] == pytest.approx(results['test'][key], abs=1e-12)
   with open(tmp_path / 'metrics.jsonl') as f:
     train_rows = [r for r in map(json.loads, f) if 'train/zero_advantage_groups' in r]
   assert len(train_rows) == config.train.steps
@@ -51,3 +57,43 @@ def test_unknown_report_mode_fails_before_training(sft_workdir, tmp_path):
   with pytest.raises(ValueError, match="'best' or 'last'"):
     grpo_loop.train_and_evaluate(config, str(tmp_path))
   assert not os.listdir(tmp_path)
+
+
+def _scripted_valid(monkeypatch, values):
+  """sft_loop.evaluate with valid NDCG@10 during training replaced by `values` in turn; the
+  final report (keep_predictions) and every test evaluation stay real. Returns the splits
+  evaluated during training."""
+  real = sft_loop.evaluate
+  seen = []
+
+  def evaluate(s, params, eval_config, split, max_examples, keep_predictions=False):
+    result = real(s, params, eval_config, split, max_examples, keep_predictions)
+    if not keep_predictions:
+      seen.append(split)
+      result.metrics['ndcg@10'] = values[len(seen) - 1]
+    return result
+
+  monkeypatch.setattr(sft_loop, 'evaluate', evaluate)
+  return seen
+
+
+def test_best_report_keeps_the_valid_best_step(sft_workdir, tmp_path, monkeypatch):
+  config = load_config(os.path.join(REPO, 'configs', 'grpo.py') + ':tiny')
+  config.init_from = sft_workdir
+  config.eval.report = 'best'
+  config.train.eval_every_steps = 1
+  # Valid peaks after step 2, then falls: whatever test would say, step 2 is reported.
+  valid = [0.1, 0.2, 0.9] + [0.3] * config.train.steps
+  seen = _scripted_valid(monkeypatch, valid)
+  results = grpo_loop.train_and_evaluate(config, str(tmp_path))
+  assert seen == ['valid'] * (config.train.steps + 1)  # step 0, then every step; never test
+  assert results['report_step'] == 2
+  assert results['test']['examples'] > 0
+
+
+def test_sft_refuses_to_select_on_test(tmp_path):
+  config = load_config(os.path.join(REPO, 'configs', 'sft.py') + ':dataset=industrial,tiny')
+  config.eval.split = 'test'
+  with pytest.raises(ValueError, match='valid split only'):
+    sft_loop.train_and_evaluate(config, str(tmp_path / 'sft'))
+  assert not os.path.exists(tmp_path / 'sft')

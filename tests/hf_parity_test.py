@@ -31,7 +31,7 @@ def setup():
   sids = catalogue_lib.SidCatalogue.from_codes(codes, _CODES)
   vocab = sid_sequences.SidVocab(_LEVELS, _CODES)
   rec = generative.Recommender(variants.decoder_config('tiny', vocab.vocab_size), sids,
-                               _PROMPT_ITEMS)
+                               _PROMPT_ITEMS, np.zeros(_ITEMS))
   tokens = jnp.zeros((1, 1), jnp.int32)
 
   @jax.jit
@@ -58,7 +58,7 @@ def test_logits_and_top_tokens_agree(setup):
 def test_constrained_beam_search_agrees(setup):
   rec, params, model, history, lengths = setup
   beam, k = 10, 5
-  ours, our_scores = rec.recommend(params, history, lengths, beam)
+  ours, our_scores = rec.rank(params, rec.prompts(history, lengths), beam)  # SIDs, as HF
   table = hf_reference.prefix_table(rec.item_tokens)
   tokens, scores = hf_reference.hf_beam_search(model, rec.prompts(history, lengths), table,
                                                beam=beam, num_levels=_LEVELS)

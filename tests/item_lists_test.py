@@ -26,9 +26,12 @@ def test_members_are_ordered_by_popularity_then_id():
 def test_expand_puts_a_group_in_place_of_its_sid():
   members = item_lists.members_by_popularity(GROUPS, POPULARITY)
   ranked_sids = np.array([[3, 1, 0, -1], [5, 0, 3, 1]])
-  np.testing.assert_array_equal(
-      item_lists.expand(ranked_sids, members),
-      [[3, 4, 2, 1, 0] + [-1] * 7, [5, 0, 3, 4, 2, 1] + [-1] * 6])
+  scores = np.array([[-1.0, -2.0, -3.0, 0.0], [-0.5, -1.5, -2.5, -3.5]])
+  items, item_scores = item_lists.expand(ranked_sids, scores, members)
+  np.testing.assert_array_equal(items, [[3, 4, 2, 1, 0] + [-1] * 7,
+                                        [5, 0, 3, 4, 2, 1] + [-1] * 6])
+  np.testing.assert_array_equal(item_scores, [[-1, -2, -2, -2, -3] + [0] * 7,
+                                              [-0.5, -1.5, -2.5, -3.5, -3.5, -3.5] + [0] * 6])
 
 
 def test_distinct_groups_keeps_the_first_item_of_each_group():
@@ -43,7 +46,7 @@ def test_the_two_levels_differ_exactly_on_collided_targets():
   # group), item 4 (collided, most popular), item 0 (alone), item 2 (collided, missed).
   ranked_sids = np.array([[3, 1, 0], [1, 3, 0], [3, 1, 0], [3, 0, 5]])
   targets = np.array([1, 4, 0, 2])
-  items = item_lists.expand(ranked_sids, members)
+  items, _ = item_lists.expand(ranked_sids, np.zeros(ranked_sids.shape), members)
   ranks = item_lists.level_ranks(items, targets, GROUPS)
   # SID level: the rank of the target's SID among the generated SIDs (the official metric).
   np.testing.assert_array_equal(ranks['sid'], [1, 0, 2, -1])
@@ -80,7 +83,8 @@ def test_without_collisions_both_levels_are_equal():
   ranked = np.stack([rng.permutation(20)[:8] for _ in range(50)])
   targets = rng.integers(0, 20, 50)
   members = item_lists.members_by_popularity(groups, rng.integers(0, 9, 20))
-  np.testing.assert_array_equal(item_lists.expand(ranked, members), ranked)
+  np.testing.assert_array_equal(item_lists.expand(ranked, np.zeros(ranked.shape), members)[0],
+                                ranked)
   ranks = item_lists.level_ranks(ranked, targets, groups)
   np.testing.assert_array_equal(ranks['item'], ranks['sid'])
   np.testing.assert_array_equal(item_lists.level_ranks(ranked, targets, None)['sid'],

@@ -129,9 +129,12 @@ def test_file_metrics_with_item_groups(tmp_path):
   path = str(tmp_path / 'p.jsonl')
   predictions.write(path, _rows())
   groups = np.arange(10)
-  groups[6] = 2  # Items 2 and 6 share a SID: row 3 now hits at rank 1.
+  groups[6] = 2  # Items 2 and 6 share a SID: row 3 hits at rank 1 at SID level only.
   result = predictions.file_metrics(path, ks=(3,), item_to_group=groups)
-  assert result.metrics['hr@3'] == pytest.approx(1.0)
+  assert result.metrics['sid_hr@3'] == pytest.approx(1.0)
+  assert result.metrics['hr@3'] == pytest.approx(3 / 4)  # item level: the list as it is
+  assert set(result.metrics) == {'hr@3', 'ndcg@3', 'mrr@3', 'sid_hr@3', 'sid_ndcg@3',
+                                 'sid_mrr@3'}
   with pytest.raises(DataError, match=r"p.jsonl:1: field 'items\[2\]' = 9: item id outside"):
     predictions.file_metrics(path, ks=(3,), item_to_group=groups[:9])
 
@@ -173,7 +176,7 @@ def test_compute_metrics_command(tmp_path):
   lines = result.stdout.splitlines()
   assert lines[0] == f'4 samples, ranked lists of up to 3 items: {path}'
   assert 'K > 3 dropped: 5' in lines
-  assert '| predictions | 0.7500 | 0.5655 | - | - | - | - |' in lines
+  assert '| item level | 0.7500 | 0.5655 | - | - | - | - |' in lines
   assert '| HR | 0.2500 | 0.7500 | 0.7500 |' in lines
   assert '| NDCG | 0.2500 | 0.5655 | 0.5655 |' in lines
   assert '| MRR | 0.2500 | 0.5000 | 0.5000 |' in lines

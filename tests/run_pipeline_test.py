@@ -177,7 +177,9 @@ def test_evaluate_methods_uses_the_common_rows_and_sid_groups(tmp_path):
   assert a['rows_ranked'] == 3 and b['checkpoint'] == 'step 7'
   assert a['metrics']['hr@1'] == 0.5 and a['metrics']['ndcg@2'] == pytest.approx(
       (1 + 1 / np.log2(3)) / 2)
-  assert b['metrics']['hr@1'] == 1.0  # 4 counts as 1 (same SID group); 2 hits at rank 0
+  # 4 counts as 1 at SID level only (same SID group); 2 hits at rank 0 at both levels.
+  assert b['metrics']['sid_hr@1'] == 1.0 and b['metrics']['hr@1'] == 0.5
+  assert 'sid_hr@1' not in a['metrics']  # no groups: item level only
 
 
 def _toy_registry(inputs):

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from minirec_jax.data.errors import DataError
+from minirec_jax.evaluation import item_lists
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
 from minirec_jax.infra import metric_logging
@@ -35,14 +36,17 @@ class PairedDifference:
     return self.diff / self.stderr if self.stderr > 0 else 0.0
 
 
-def per_row_metrics(path: str | os.PathLike, ks: Sequence[int],
-                    item_to_group=None) -> tuple[list[tuple[str, int]], dict[str, np.ndarray]]:
-  """((user_id, target) per row, {'hr@K'|'ndcg@K'|'mrr@K': float64 `[rows]`}) of a file."""
+def per_row_metrics(path: str | os.PathLike, ks: Sequence[int], item_to_group=None,
+                    level: str = 'item') -> tuple[list[tuple[str, int]], dict[str, np.ndarray]]:
+  """((user_id, target) per row, {'hr@K'|'ndcg@K'|'mrr@K': float64 `[rows]`}) of a file, at
+  the item level or (with `item_to_group`) the SID level of `item_lists`."""
+  if level not in ('item', 'sid'):
+    raise ValueError(f"level must be 'item' or 'sid', got {level!r}")
   rows = list(predictions.read(path))
   if not rows:
     raise DataError('no prediction rows', path=os.fspath(path))
   items, targets = predictions.ranked_arrays(rows)
-  ranks = ranking.first_hit_rank(items, targets, item_to_group)
+  ranks = item_lists.level_ranks(items, targets, item_to_group)[level]
   keys = [(r['user_id'], r['target']) for r in rows]
   return keys, ranking.metrics_from_ranks(ranks, ks)
 
@@ -59,10 +63,12 @@ def row_standard_errors(paths: Sequence[str | os.PathLike],
 
 
 def paired_differences(path_a: str | os.PathLike, path_b: str | os.PathLike,
-                       ks: Sequence[int] = (10,), item_to_group=None) -> list[PairedDifference]:
-  """Per-metric b - a over the same rows (same users and targets, in the same order)."""
-  keys_a, a = per_row_metrics(path_a, ks, item_to_group)
-  keys_b, b = per_row_metrics(path_b, ks, item_to_group)
+                       ks: Sequence[int] = (10,), item_to_group=None,
+                       level: str = 'item') -> list[PairedDifference]:
+  """Per-metric b - a over the same rows (same users and targets, in the same order), at the
+  item level or the SID level (`per_row_metrics`)."""
+  keys_a, a = per_row_metrics(path_a, ks, item_to_group, level)
+  keys_b, b = per_row_metrics(path_b, ks, item_to_group, level)
   if len(keys_a) != len(keys_b):
     raise DataError(f'has {len(keys_b)} rows but {os.fspath(path_a)} has {len(keys_a)}; '
                     'compare predictions of the same split', path=os.fspath(path_b))

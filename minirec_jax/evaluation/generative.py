@@ -1,9 +1,11 @@
 """Evaluating and serving the generative recommender: trie-constrained beam search.
 
 For every sample the prompt is its last <= `prompt_items` history items as SID tokens; the
-model generates `beam_size` distinct catalogue SIDs ranked by log-probability. A hit is the
-target's SID among them (items sharing an official SID count as the same item, as the official
-string matching does). Also reports the perplexity of the target SID under the model.
+model generates `beam_size` distinct catalogue SIDs ranked by log-probability. Each SID then
+stands for its items (several when items share a SID, most popular first: `item_lists`), so
+the model's output is a ranked item list. Metrics come at both levels of `item_lists`: item
+level ('hr@K', ...: the item list, primary) and SID level ('sid_hr@K', ...: the target's SID
+among the generated SIDs, the official metric). Also reports the perplexity of the target SID.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from minirec_jax.data import pipeline
 from minirec_jax.data import sid_sequences
 from minirec_jax.decoding import prompted
+from minirec_jax.evaluation import item_lists
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
 from minirec_jax.infra import metric_logging
@@ -48,11 +51,16 @@ target_log_probs = jax.jit(prompted.completion_log_probs, static_argnames=('conf
 
 @dataclasses.dataclass(eq=False)
 class Recommender:
-  """A trained decoder plus the SID catalogue: histories in, ranked items out."""
+  """A trained decoder plus the SID catalogue: histories in, ranked items out.
+
+  `popularity` `[num_items]` (e.g. `item_lists.train_popularity`) orders the items that share
+  a SID.
+  """
 
   config: decoder_lib.DecoderConfig
   sids: catalogue_lib.SidCatalogue
   prompt_items: int
+  popularity: np.ndarray
 
   def __post_init__(self):
     self.vocab = sid_sequences.SidVocab(self.sids.num_levels, self.sids.codebook_size)
@@ -60,6 +68,7 @@ class Recommender:
     groups = np.unique(self.sids.item_to_group)
     self.trie = trie_lib.build_trie(self.sids.codes[groups], self.sids.codebook_size)
     self.group_items = jnp.asarray(groups, jnp.int32)
+    self.members = item_lists.members_by_popularity(self.sids.item_to_group, self.popularity)
 
   def prompts(self, history: np.ndarray, history_len: np.ndarray) -> dict[str, np.ndarray]:
     return sid_sequences.history_prompts(history, history_len, self.item_tokens,
@@ -67,11 +76,15 @@ class Recommender:
 
   def recommend(self, params, history: np.ndarray, history_len: np.ndarray,
                 k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k item ids `[batch, k]` (best first) and their log-probs for padded histories."""
-    return self.rank(params, self.prompts(np.asarray(history), np.asarray(history_len)), k)
+    """Top-k item ids `[batch, k]` (best first; -1 where fewer) and their SIDs' log-probs for
+    padded histories: the top-k SIDs, each expanded into its items, cut at k items."""
+    p = self.prompts(np.asarray(history), np.asarray(history_len))
+    items, scores = item_lists.expand(*self.rank(params, p, k), members=self.members)
+    return items[:, :k], scores[:, :k]
 
   def rank(self, params, prompts: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """`recommend` on prompts made by `prompts`."""
+    """The top-k SIDs for prompts made by `prompts`, as group ids (`sids.item_to_group`
+    values) `[batch, k]` (-1: no SID left) and their log-probs `[batch, k]`."""
     items, scores = generate(self.config, params, self.trie, self.group_items,
                              prompts['tokens'], prompts['positions'], prompts['mask'],
                              beam_size=k, sid_offset=self.vocab.sid_offset)
@@ -94,15 +107,16 @@ def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_
                             drop_remainder=False)
   to_group = recommender.sids.item_to_group
   ks = ranking.usable_ks(ks, beam_size)
-  totals = ranking.RankCounts.zeros(beam_size)
+  totals = {}
   token_nll, rows = 0.0, []
   batches = pipeline.batched(subset, spec)
   for batch in metric_logging.track(batches, desc=f'eval {split}', unit='batch'):
     valid = batch['valid']
     p = recommender.prompts(batch['history'], batch['history_len'])
-    items, scores = recommender.rank(params, p, beam_size)
-    ranks = ranking.first_hit_rank(items, to_group[batch['target']])
-    totals = totals + ranking.RankCounts.from_ranks(ranks, beam_size, valid=valid)
+    items, scores = item_lists.expand(*recommender.rank(params, p, beam_size),
+                                      members=recommender.members)
+    totals = item_lists.add_counts(
+        totals, item_lists.level_counts(items, batch['target'], to_group, valid=valid))
     log_probs = target_log_probs(recommender.config, params, p['tokens'], p['positions'],
                                  p['mask'], recommender.item_tokens[batch['target']])
     token_nll -= float(np.sum(np.asarray(log_probs) * valid[:, None]))
@@ -113,7 +127,7 @@ def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_
         rows.append(predictions.make_row(subset[index]['user_id'].decode(), batch['target'][r],
                                          items[r][keep], scores[r][keep], sample_index=index,
                                          split=split))
-  metrics = totals.means(ks)
+  metrics = item_lists.level_means(totals, ks, list_length=beam_size)
   metrics['ppl_token'] = float(np.exp(token_nll / (n * recommender.vocab.num_levels)))
   metrics['ppl_item'] = float(np.exp(token_nll / n))
   metrics['examples'] = n

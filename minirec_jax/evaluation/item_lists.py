@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from absl import logging
 import numpy as np
 
 from minirec_jax.evaluation import ranking
@@ -62,25 +63,33 @@ def members_by_popularity(item_to_group: np.ndarray, popularity: np.ndarray) -> 
   return members
 
 
-def _compact(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
-  """Each row's kept entries moved to the front in order, the rest set to -1 (same shape)."""
+def _compact(keep: np.ndarray, *arrays: np.ndarray, fill=-1) -> list[np.ndarray]:
+  """Each array `[b, n]` with the entries where `keep` is True moved to the front of their row
+  (order kept) and `fill` after them."""
   order = np.argsort(~keep, axis=1, kind='stable')
-  moved = np.take_along_axis(values, order, axis=1)
-  return np.where(np.take_along_axis(keep, order, axis=1), moved, -1)
+  kept = np.take_along_axis(keep, order, axis=1)
+  return [np.where(kept, np.take_along_axis(a, order, axis=1), fill) for a in arrays]
 
 
-def expand(ranked_groups: np.ndarray, members: np.ndarray) -> np.ndarray:
-  """Ranked SID groups `[b, n]` (group ids, -1 = padding) -> ranked items `[b, n * width]`.
+def expand(ranked_groups: np.ndarray, scores: np.ndarray,
+           members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Ranked SID groups `[b, n]` (group ids, -1 = padding) and their scores -> ranked items
+  and scores `[b, n * width]`.
 
-  Every group is replaced by its members (`members_by_popularity`), in place; rows end with
-  -1 padding. Without collisions (width 1) this is the identity.
+  Every group is replaced by its members (`members_by_popularity`), in place, each with its
+  SID's score; rows end with -1 padding (score 0). Without collisions (width 1) this changes
+  nothing.
   """
   ranked_groups = np.asarray(ranked_groups)
   b, n = ranked_groups.shape
   width = members.shape[1]
   items = np.where(ranked_groups[..., None] >= 0, members[np.maximum(ranked_groups, 0)], -1)
   items = items.reshape(b, n * width)
-  return _compact(items, items >= 0)
+  item_scores = np.repeat(np.asarray(scores, np.float32), width, axis=1)
+  keep = items >= 0
+  (items,) = _compact(keep, items)
+  (item_scores,) = _compact(keep, item_scores, fill=0.0)
+  return items, item_scores
 
 
 def distinct_groups(ranked_items: np.ndarray, item_to_group: np.ndarray) -> np.ndarray:
@@ -93,7 +102,7 @@ def distinct_groups(ranked_items: np.ndarray, item_to_group: np.ndarray) -> np.n
   earlier = np.tril(np.ones((k, k), bool), -1)  # earlier[j, i]: i < j
   repeated = np.any((groups[:, :, None] == groups[:, None, :]) & earlier[None]
                     & valid[:, None, :], axis=2)
-  return _compact(ranked_items, valid & ~repeated)
+  return _compact(valid & ~repeated, ranked_items)[0]
 
 
 def level_ranks(ranked_items: np.ndarray, targets: np.ndarray,
@@ -140,3 +149,17 @@ def sid_level(metrics: dict[str, float]) -> dict[str, float]:
   """The SID-level entries of a two-level metrics dict, under the plain names ('hr@K')."""
   return {key[len(SID_PREFIX):]: value for key, value in metrics.items()
           if key.startswith(SID_PREFIX)}
+
+
+def train_popularity(dataset) -> np.ndarray:
+  """int64 `[num_items]`: how often each item is the target of a training row, the order of
+  a SID group's items at item level. A dataset without a train split (e.g. the shared
+  Office_Products data) gets zeros, i.e. item-id order, with a warning."""
+  if 'train' not in dataset.splits:
+    logging.warning('%s has no train split: items sharing a SID are listed in item-id order',
+                    dataset.name)
+    return np.zeros(dataset.num_items, np.int64)
+  source = dataset.split('train')
+  targets = np.asarray([e['target'] for e in source.__getitems__(list(range(len(source))))],
+                       np.int64).reshape(-1)
+  return np.bincount(targets, minlength=dataset.num_items)

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from minirec_jax.data.errors import DataError, require_file
+from minirec_jax.evaluation import item_lists
 from minirec_jax.evaluation import ranking
 from minirec_jax.infra import io_utils
 
@@ -179,7 +180,8 @@ class FileMetrics:
   """Metrics of a predictions file.
 
   samples: rows read. list_length: the longest ranked list. metrics: 'hr@K', 'ndcg@K',
-  'mrr@K' for the usable K. dropped_ks: requested K longer than every list.
+  'mrr@K' for the usable K (item level), with item groups also 'sid_hr@K', ... (SID level).
+  dropped_ks: requested K longer than every list.
   """
 
   path: str
@@ -201,10 +203,9 @@ def _check_in_groups(row: dict, num_items: int, path: str, line: int) -> None:
                       line=line, field=field, value=item)
 
 
-def _rank_counts(rows: list[dict], item_to_group) -> ranking.RankCounts:
+def _rank_counts(rows: list[dict], item_to_group) -> dict[str, ranking.RankCounts]:
   items, targets = ranked_arrays(rows)
-  ranks = ranking.first_hit_rank(items, targets, item_to_group)
-  return ranking.RankCounts.from_ranks(ranks, items.shape[1])
+  return item_lists.level_counts(items, targets, item_to_group)
 
 
 def file_metrics(path: str | os.PathLike, ks: Sequence[int] = ranking.DEFAULT_KS, *,
@@ -215,8 +216,9 @@ def file_metrics(path: str | os.PathLike, ks: Sequence[int] = ranking.DEFAULT_KS
   Args:
     path: the JSONL file.
     ks: cut-offs; those longer than the longest list are dropped (as `calc.py`).
-    item_to_group: optional int `[num_items]`: items with the same group id count as the
-      same item (shared SIDs); every id in the file must be below its length.
+    item_to_group: optional int `[num_items]`, the items' SID groups: adds the SID-level
+      metrics ('sid_hr@K', ...; see item_lists) to the item-level ones; every id in the file
+      must be below its length.
     chunk_rows: rows converted to arrays at a time (bounds memory).
 
   Returns:
@@ -224,17 +226,19 @@ def file_metrics(path: str | os.PathLike, ks: Sequence[int] = ranking.DEFAULT_KS
   """
   path = os.fspath(path)
   ranking.usable_ks(ks, 0)  # Rejects bad K before reading the file.
-  totals, chunk = ranking.RankCounts.zeros(), []
+  totals, chunk = {}, []
   for line, row in _read_numbered(path):
     if item_to_group is not None:
       _check_in_groups(row, len(item_to_group), path, line)
     chunk.append(row)
     if len(chunk) == chunk_rows:
-      totals, chunk = totals + _rank_counts(chunk, item_to_group), []
+      totals, chunk = item_lists.add_counts(totals, _rank_counts(chunk, item_to_group)), []
   if chunk:
-    totals = totals + _rank_counts(chunk, item_to_group)
-  if totals.count == 0:
+    totals = item_lists.add_counts(totals, _rank_counts(chunk, item_to_group))
+  if not totals or totals['item'].count == 0:
     raise DataError('no predictions in file', path=path)
-  return FileMetrics(path=path, samples=totals.count, list_length=totals.list_length,
-                     metrics=totals.means(ks),
-                     dropped_ks=tuple(sorted({k for k in ks if k > totals.list_length})))
+  item = totals['item']
+  metrics = item.means(ks) if item_to_group is None else item_lists.level_means(totals, ks)
+  return FileMetrics(path=path, samples=item.count, list_length=item.list_length,
+                     metrics=metrics,
+                     dropped_ks=tuple(sorted({k for k in ks if k > item.list_length})))

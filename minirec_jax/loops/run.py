@@ -31,6 +31,15 @@ RESULTS_FILE = 'results.json'
 CHECKPOINTS_DIR = 'checkpoints'
 
 
+def check_selection_split(split: str) -> None:
+  """Refuses to choose checkpoints on the test split: a test number that selection has seen
+  is no longer an estimate of test performance. Test is evaluated once, on the chosen
+  checkpoint, at the end of every loop."""
+  if split == 'test':
+    raise ValueError("eval.split='test': checkpoints are chosen on the valid split only; test "
+                     'is evaluated once, at the end, on the chosen checkpoint')
+
+
 def write_predictions(workdir: str, split: str, rows: Iterable[dict]) -> None:
   """`workdir/predictions_<split>.jsonl`, validated and written atomically."""
   predictions.write(os.path.join(workdir, f'predictions_{split}.jsonl'), rows)

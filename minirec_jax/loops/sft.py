@@ -21,6 +21,7 @@ from minirec_jax.data import loading
 from minirec_jax.data import pipeline
 from minirec_jax.data import sid_sequences
 from minirec_jax.evaluation import generative
+from minirec_jax.evaluation import item_lists
 from minirec_jax.evaluation import ranking
 from minirec_jax.infra import distributed
 from minirec_jax.infra import metric_logging
@@ -78,7 +79,8 @@ def setup(config: ml_collections.ConfigDict) -> SftSetup:
   return SftSetup(
       dataset=dataset, sids=sids, vocab=vocab, model=decoder_lib.Decoder(model_config),
       model_config=model_config,
-      recommender=generative.Recommender(model_config, sids, config.data.max_history))
+      recommender=generative.Recommender(model_config, sids, config.data.max_history,
+                                         item_lists.train_popularity(dataset)))
 
 
 def pack_splits(config: ml_collections.ConfigDict, s: SftSetup) -> tuple[
@@ -142,6 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Multi-host: every process runs this (see minirec_jax/infra/distributed.py) and reads its own slice
   of each epoch; `config.train.batch_size` is the global batch.
   """
+  run_lib.check_selection_split(config.eval.split)
   run = run_lib.start(config, workdir)
   mesh = run.mesh
   s = setup(config)
@@ -234,8 +237,12 @@ def report(config: ml_collections.ConfigDict, workdir: str, s: SftSetup, params,
   results = report_splits(config, workdir, s, params)
   for split, metrics in results.items():
     print(f'--- {split} ({metrics["examples"]} samples, beam {config.eval.beam_size}) ---')
+    print('item level (each SID stands for its items):')
     print(ranking.full_table(metrics))
+    print('SID level (official: a generated SID hits every item that shares it):')
+    print(ranking.full_table(item_lists.sid_level(metrics)))
     print(f'target perplexity: {metrics["ppl_token"]:.3f} per token, '
           f'{metrics["ppl_item"]:.2f} per item')
-  print(ranking.table1({f'minirec-jax {name}': results['test']}))
+  print(ranking.table1({f'minirec-jax {name}, item level': results['test'],
+                        f'minirec-jax {name}, SID level': item_lists.sid_level(results['test'])}))
   return results

@@ -157,7 +157,8 @@ registry.register_stage(EVALUATION, _run_evaluation,
 
 
 def _sft_sid_groups(plan: registry.Plan, dataset: loading.Dataset) -> np.ndarray:
-  """SFT's SIDs, which GRPO keeps: items sharing a SID are one answer."""
+  """SFT's SIDs (GRPO keeps them): the SID groups every row is also scored with, at SID
+  level."""
   return catalogue.load_sids(plan.stages['sft'].config.sids, dataset).item_to_group
 
 
@@ -165,6 +166,6 @@ def _generative_name(label: str):
   return lambda plan: f"minirec-jax {label} ({plan.stages['sft'].config.model.variant})"
 
 
-registry.register_method('sasrec', 'SASRec')
+registry.register_method('sasrec', 'SASRec', _sft_sid_groups)
 registry.register_method('sft', _generative_name('SFT'), _sft_sid_groups)
 registry.register_method('grpo', _generative_name('SFT+GRPO'), _sft_sid_groups)

@@ -3,7 +3,7 @@
 A stage is registered once with its name, the stages it reads (`inputs`), how its effective
 config is derived from the pipeline config and the workdir (`configure`), and its body (`run`).
 A method is one row of the results table: the stage whose folder holds its predictions, its
-display name and the item -> SID group map its ranked lists are scored with. Planning a
+display name and the item -> SID group map of its SID-level metrics. Planning a
 pipeline config into a workdir evaluates all of these and orders the stages so that every stage
 runs after the stages it reads; among the stages ready to run, the one registered first goes
 first, so the order is deterministic and a registration order that already respects the inputs
@@ -75,8 +75,8 @@ class Method:
   Attributes:
     stage: the stage whose folder holds `predictions_<split>.jsonl` and `results.json`.
     name: the row's display name, or a function of the plan giving it.
-    item_groups: the SID groups its ranked lists are scored with; None when the method ranks
-      items, not SIDs.
+    item_groups: the item -> SID groups its ranked item lists are also scored with at SID
+      level (`evaluation.item_lists`); None: item level only.
   """
 
   stage: str

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from minirec_jax.data.errors import DataError
+from minirec_jax.evaluation import item_lists
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
 
@@ -30,9 +31,11 @@ def _rows_by_index(path: str) -> dict[int, dict]:
 
 
 def _metrics(rows: list[dict], ks, item_to_group) -> dict[str, float]:
+  """Item-level metrics, plus the SID level ('sid_' keys) when the SID groups are known."""
   items, targets = predictions.ranked_arrays(rows)
-  ranks = ranking.first_hit_rank(items, targets, item_to_group)
-  return ranking.RankCounts.from_ranks(ranks, items.shape[1]).means(ks)
+  counts = item_lists.level_counts(items, targets, item_to_group)
+  return counts['item'].means(ks) if item_to_group is None else item_lists.level_means(counts,
+                                                                                       ks)
 
 
 def _checkpoint(stage_results: dict) -> str:
@@ -50,7 +53,8 @@ def evaluate_methods(method_dirs: dict[str, str], ks, item_groups: dict[str, np.
   Args:
     method_dirs: method name -> workdir holding its predictions file and results.json.
     ks: cut-offs (K longer than a method's lists are dropped for it).
-    item_groups: method name -> item -> SID group (same-SID items count as one), or None.
+    item_groups: method name -> item -> SID group, for its SID-level metrics (items sharing a
+      SID count as one), or None (item level only).
     split: the split name in the file names.
 
   Returns:
@@ -74,16 +78,26 @@ def evaluate_methods(method_dirs: dict[str, str], ks, item_groups: dict[str, np.
 
 
 def results_markdown(results: dict) -> str:
-  """The results as Markdown: the Table-1 layout, then every K per method."""
+  """The results as Markdown: the Table-1 layout at item level and at SID level, then every K
+  per method."""
   split, n = results['split'], results['rows']
+  methods = results['methods']
+  sid = {name: item_lists.sid_level(m['metrics']) for name, m in methods.items()}
   lines = [f"# Pipeline results: {results['dataset']}", '',
            f'{split.capitalize()} split, the {n:,} rows ranked by every method '
            f"({results['split_rows']:,} in the split). SFT and SFT+GRPO: constrained beam "
            'search (GRPO starts from the SFT model, its step 0); SASRec: full ranking over all '
            'items.', '',
-           ranking.table1({name: m['metrics'] for name, m in results['methods'].items()}), '']
-  for name, m in results['methods'].items():
+           'Item level (primary): each generated SID stands for its items, most popular first.',
+           '', ranking.table1({name: m['metrics'] for name, m in methods.items()}), '',
+           "SID level (the paper's metric): a generated SID hits every item that shares it; "
+           "an item ranker's items are read as their SIDs.", '',
+           ranking.table1({name: s for name, s in sid.items() if s}), '']
+  for name, m in methods.items():
     checkpoint = f", checkpoint of {m['checkpoint']}" if m['checkpoint'] else ''
     lines += [f'## {name}', '', f"{m['rows_ranked']:,} rows ranked{checkpoint}; "
-              f"predictions: `{m['predictions']}`", '', ranking.full_table(m['metrics']), '']
+              f"predictions: `{m['predictions']}`", '', 'Item level:', '',
+              ranking.full_table(m['metrics']), '']
+    if sid[name]:
+      lines += ['SID level:', '', ranking.full_table(sid[name]), '']
   return '\n'.join(lines)
