@@ -26,6 +26,9 @@ setuptools.setup(
         # Text encoder inputs (MiniLM): tokenizer and safetensors weights, read in numpy mode.
         'tokenizers>=0.20,<1',
         'safetensors>=0.4,<1',
+        # Pretrained LM checkpoints in GGUF (models/checkpoints.py, data/text_tokenizer.py):
+        # its reader parses the file; the dequantisation is ours.
+        'gguf>=0.19,<0.20',
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5'],

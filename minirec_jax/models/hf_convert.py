@@ -3,7 +3,9 @@
 The decoder names its parameters after the HF tensors (embed_tokens, layers_i/self_attn/
 {q,k,v,o}_proj, mlp/{gate,up,down}_proj, input_layernorm, post_attention_layernorm, norm,
 lm_head), so a pretrained checkpoint of the family loads without touching the module: this
-module only maps names, transposes Linear weights and checks shapes. Dense MLPs only.
+module only maps names, transposes Linear weights and checks shapes. Qwen2 and Llama share these
+names (Llama simply has no q/k/v biases: `qkv_bias=False`). Dense MLPs only. Reading the
+checkpoint files themselves is checkpoints.py's job.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from minirec_jax.data.errors import DataError
 from minirec_jax.models import decoder as decoder_lib
 
 
@@ -46,32 +49,35 @@ def _lookup(tree: decoder_lib.Params, path: tuple[str, ...]):
   return tree
 
 
-def params_from_hf_state_dict(state_dict: dict[str, Any],
-                              config: decoder_lib.DecoderConfig) -> decoder_lib.Params:
-  """HF Qwen2/Llama `Qwen2ForCausalLM` tensors -> decoder params (float32 numpy).
+def params_from_hf_state_dict(state_dict: dict[str, Any], config: decoder_lib.DecoderConfig,
+                              source: str | None = None) -> decoder_lib.Params:
+  """HF `Qwen2ForCausalLM` / `LlamaForCausalLM` tensors -> decoder params (float32 numpy).
 
   Args:
     state_dict: tensor name (e.g. 'model.layers.0.self_attn.q_proj.weight') -> array-like
       (numpy, including ml_dtypes bfloat16). RoPE `inv_freq` buffers are ignored; with tied
       embeddings an 'lm_head.weight' equal to the embedding is accepted and dropped.
     config: the config the checkpoint was made for.
+    source: the file or folder the tensors came from, named in errors.
   Returns:
     The parameter tree of `Decoder(config)`.
   Raises:
-    ValueError: a tensor is missing, has the wrong shape, or is not part of the config.
+    DataError (a ValueError): a tensor is missing, has the wrong shape, or is not part of the
+      config; the error names `source` and the tensor.
   """
   shapes = decoder_lib.abstract_params(config)
   params: decoder_lib.Params = {}
   for name, path, transpose in _hf_layout(config):
     if name not in state_dict:
-      raise ValueError(f'HF state dict has no tensor {name!r}')
+      raise DataError(f'HF state dict has no tensor {name!r}', path=source, field=name)
     value = np.asarray(state_dict[name], np.float32)
     if transpose:
       value = value.T
     expected = _lookup(shapes, path).shape
     if value.shape != expected:
-      raise ValueError(f'HF tensor {name!r} has shape {value.shape} (after transposing: '
-                       f'{transpose}), expected {expected} for this config')
+      raise DataError(f'HF tensor {name!r} has shape {value.shape} (after transposing: '
+                      f'{transpose}), expected {expected} for this config', path=source,
+                      field=name, value=value.shape)
     node = params
     for key in path[:-1]:
       node = node.setdefault(key, {})
@@ -83,16 +89,20 @@ def params_from_hf_state_dict(state_dict: dict[str, Any],
     if (name == 'lm_head.weight' and config.tie_embeddings and np.array_equal(
         np.asarray(state_dict[name], np.float32), params['embed_tokens']['embedding'])):
       continue
-    raise ValueError(f'HF tensor {name!r} has no place in this config (untied lm_head, '
-                     'qkv_bias or depth mismatch?)')
+    raise DataError(f'HF tensor {name!r} has no place in this config (untied lm_head, '
+                    'qkv_bias or depth mismatch?)', path=source, field=name)
   return params
 
 
 def params_to_hf_state_dict(params: decoder_lib.Params,
                             config: decoder_lib.DecoderConfig) -> dict[str, np.ndarray]:
-  """Inverse of `params_from_hf_state_dict`: HF tensor name -> numpy array (`[out, in]`)."""
+  """Inverse of `params_from_hf_state_dict`: HF tensor name -> numpy array (`[out, in]`).
+
+  Arrays are C-contiguous: `safetensors.numpy.save_file` writes a transposed view's memory as
+  it lies, i.e. silently transposed.
+  """
   out = {}
   for name, path, transpose in _hf_layout(config):
     value = np.asarray(_lookup(params, path))
-    out[name] = value.T if transpose else value
+    out[name] = np.ascontiguousarray(value.T if transpose else value)
   return out

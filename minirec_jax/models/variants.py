@@ -3,7 +3,8 @@
 Widths grow by ~1.5x per step; head_dim is 64 from S up (32 for tiny); GQA with 2 KV heads
 up to L; MLP width ~ 8/3 x width rounded to 64 (SwiGLU keeps the parameter count of a 4x MLP).
 `width=`/`depth=` overrides rescale any of them (see `decoder_config`). The 'qwen2.5-*'
-entries are the published Qwen2.5 shapes (HF config.json), for loading those checkpoints.
+entries are the published Qwen2.5 shapes (HF config.json) and 'smollm2-135m' SmolLM2-135M's
+(a Llama: no q/k/v bias), for loading those checkpoints (checkpoints.py).
 
 '<size>-moe8' is <size> with 8 SwiGLU experts, 2 per token, each half as wide as the dense MLP:
 the same active parameters (plus a width x 8 router per layer), 4x the MLP parameters.
@@ -16,6 +17,7 @@ import dataclasses
 from minirec_jax.models.decoder import DecoderConfig
 
 _QWEN2 = dict(rope_theta=1e6, rms_eps=1e-6, qkv_bias=True, tie_embeddings=True, max_len=32768)
+_SMOLLM2 = dict(rope_theta=1e5, rms_eps=1e-5, qkv_bias=False, tie_embeddings=True, max_len=8192)
 
 VARIANTS = {
     #            width depth heads kv  mlp
@@ -31,9 +33,13 @@ VARIANTS = {
                          **_QWEN2),
     'qwen2.5-1.5b': dict(width=1536, depth=28, num_heads=12, num_kv_heads=2, mlp_dim=8960,
                          **_QWEN2),
+    # SmolLM2-135M(-Instruct), vocab 49,152.
+    'smollm2-135m': dict(width=576, depth=30, num_heads=9, num_kv_heads=3, mlp_dim=1536,
+                         **_SMOLLM2),
 }
 
 QWEN2_5_VOCAB = 151_936
+SMOLLM2_VOCAB = 49_152
 _MOE_SIZES = ('tiny', 'XS', 'S', 'M', 'L', 'XL', 'XXL')
 
 

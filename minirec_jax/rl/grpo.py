@@ -19,6 +19,51 @@ def group_advantages(rewards: jax.Array, *, ddof: int = 1, eps: float = 1e-4) ->
   return (rewards - mean) / (std + eps)
 
 
+ADVANTAGE_MODES = ('group', 'sibling', 'level')
+
+
+def token_advantages(rewards: jax.Array, codes: jax.Array, valid: jax.Array, *, mode: str,
+                     level_rewards: jax.Array | None = None, ddof: int = 1,
+                     eps: float = 1e-4) -> jax.Array:
+  """Per-token advantages `[B, G, L]` of G candidates (SIDs of L codes) per prompt.
+
+  Args:
+    rewards: `[B, G]` the candidates' rewards.
+    codes: int `[B, G, L]` their SID codes.
+    valid: bool `[B, G]`, False for missing candidates (never anyone's sibling).
+    mode: 'group': every token gets its candidate's `group_advantages` (official GRPO).
+      'sibling': the token at level l is compared only with its siblings, the candidates of
+      the group that share its first l codes (all of them at l = 0): (r - mean over siblings)
+      / (group std + eps), so a token is credited for its choice given its prefix (as
+      V-STAR's sibling groups); a token without siblings gets 0.
+      'level': each level its own `group_advantages` of `level_rewards[..., l]`.
+    level_rewards: `[B, G, L]`, for mode 'level' (e.g. whether the first l + 1 codes match
+      the target's, and the full reward at the last level).
+    ddof, eps: as `group_advantages`.
+  """
+  if mode not in ADVANTAGE_MODES:
+    raise ValueError(f'unknown advantage mode {mode!r}; use one of {ADVANTAGE_MODES}')
+  num_levels = codes.shape[-1]
+  if mode == 'level':
+    if level_rewards is None:
+      raise ValueError("advantage mode 'level' needs level_rewards [B, G, L]")
+    return jnp.stack([group_advantages(level_rewards[..., l], ddof=ddof, eps=eps)
+                      for l in range(num_levels)], axis=-1)
+  if mode == 'group':
+    return jnp.broadcast_to(group_advantages(rewards, ddof=ddof, eps=eps)[..., None],
+                            codes.shape).astype(jnp.float32)
+  scale = jnp.std(rewards, axis=1, keepdims=True, ddof=ddof) + eps
+  out = []
+  for l in range(num_levels):
+    # siblings[b, i, j]: j shares i's first l codes (l = 0: every valid candidate).
+    same = jnp.all(codes[:, :, None, :l] == codes[:, None, :, :l], axis=-1)
+    siblings = same & valid[:, None, :] & valid[:, :, None]
+    count = siblings.sum(-1)
+    mean = jnp.where(siblings, rewards[:, None, :], 0.0).sum(-1) / jnp.maximum(count, 1)
+    out.append(jnp.where(count > 1, (rewards - mean) / scale, 0.0))
+  return jnp.stack(out, axis=-1).astype(jnp.float32)
+
+
 def kl_estimate(log_probs: jax.Array, ref_log_probs: jax.Array, estimator: str) -> jax.Array:
   """Per-token KL(policy || reference) estimates from sampled tokens.
 
@@ -61,11 +106,11 @@ def grpo_loss(log_probs: jax.Array, old_log_probs: jax.Array, ref_log_probs: jax
       per rollout they equal `stop_gradient(log_probs)`, so the ratio is exactly 1 and clipping
       is inactive (the official setting).
     ref_log_probs: `[N, L]` under the frozen reference policy.
-    advantages: `[N]` one per sequence.
+    advantages: `[N]` one per sequence, or `[N, L]` one per token.
     mask: `[N, L]` real tokens (0 for missing completions).
   """
   ratio = jnp.exp(log_probs - old_log_probs)
-  adv = advantages[:, None]
+  adv = advantages[:, None] if advantages.ndim == 1 else advantages
   surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
   kl = kl_estimate(log_probs, ref_log_probs, kl_estimator)
   per_token = -surrogate + beta * kl

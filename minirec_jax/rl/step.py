@@ -4,9 +4,12 @@ batch (B prompts, G candidates each, from `rollout`):
   tokens, positions, mask: [B, T] prompts;  history: [B, H], history_len: [B];
   target: [B];  items: [B, G];  codes: [B, G, L]
 Rewards are computed inside the step (so a frozen reward model's params are an argument),
-then group-relative advantages, the clipped surrogate with KL to the reference, and one
-optimizer update. With one update per rollout the old policy is the current one
-(old_log_probs = stop_gradient(log_probs): ratio exactly 1).
+then group-relative advantages (per candidate, or per token: `grpo.token_advantages`), the
+clipped surrogate with KL to the reference, and `updates_per_rollout` optimizer updates on the
+same rollout. With one update the old policy is the current one (old_log_probs =
+stop_gradient(log_probs): ratio exactly 1, clipping inactive, as the official code); with more,
+the old log-probs are those of the policy that made the rollout, so the ratio moves and the
+clipping bounds how far the later updates go.
 """
 
 from __future__ import annotations
@@ -52,12 +55,18 @@ def make_grpo_step(config: DecoderConfig, *, sid_offset: int, codebook_size: int
                    weights: dict[str, float], beta: float = 1e-3, kl_estimator: str = 'k3',
                    clip_eps: float = 0.2, aggregation: str = 'seq_mean_token_mean',
                    adv_ddof: int = 1, adv_eps: float = 1e-4, sft_weight: float = 0.0,
+                   advantage_mode: str = 'group', updates_per_rollout: int = 1,
                    score_fn: ScoreFn | None = None, axis_name: str | None = None) -> Callable:
   """Returns the un-jitted pure GRPO step.
 
   `sft_weight > 0` adds that multiple of the target's token-mean NLL to the loss (an SFT anchor,
   as in AdaGRPO); the target is scored in the same pass as the G candidates.
+  `advantage_mode`: 'group' (official), 'sibling' or 'level' (`grpo.token_advantages`; 'level'
+  rewards level l < L - 1 with a hit of the target's first l + 1 codes, the last level with the
+  full reward). `updates_per_rollout`: optimizer updates on each rollout batch.
   """
+  if updates_per_rollout < 1:
+    raise ValueError(f'updates_per_rollout must be >= 1, got {updates_per_rollout}')
 
   def step(state, ref_params, reward_params, batch, rng):
     del rng  # the update is deterministic given the rollout
@@ -66,7 +75,13 @@ def make_grpo_step(config: DecoderConfig, *, sid_offset: int, codebook_size: int
     reward, reward_metrics = group_rewards(batch, reward_params, weights=weights,
                                            item_to_group=item_to_group,
                                            codes_table=codes_table, score_fn=score_fn)
-    advantages = grpo.group_advantages(reward, ddof=adv_ddof, eps=adv_eps)
+    level_rewards = None
+    if advantage_mode == 'level':
+      target_codes = codes_table[batch['target']][:, None, :]                 # [B, 1, L]
+      prefix_hit = jnp.cumprod(codes == target_codes, axis=-1).astype(jnp.float32)
+      level_rewards = prefix_hit.at[..., -1].set(reward)
+    advantages = grpo.token_advantages(reward, codes, items >= 0, mode=advantage_mode,
+                                       level_rewards=level_rewards, ddof=adv_ddof, eps=adv_eps)
     completion = (sid_offset + jnp.arange(num_levels) * codebook_size
                   + jnp.maximum(codes, 0))
     prompt = (batch['tokens'], batch['positions'], batch['mask'])
@@ -79,27 +94,37 @@ def make_grpo_step(config: DecoderConfig, *, sid_offset: int, codebook_size: int
     scored = (jnp.concatenate([completion, target_completion[:, None]], axis=1) if sft_weight
               else completion)
 
-    def loss_fn(params):
+    def loss_fn(params, old_lp):
       all_lp = prompted.completion_log_probs(config, params, *prompt, scored)
       lp = all_lp[:, :g].reshape(b * g, num_levels)
       loss, metrics = grpo.grpo_loss(
-          lp, jax.lax.stop_gradient(lp), ref_lp.reshape(b * g, num_levels),
-          advantages.reshape(-1), valid, clip_eps=clip_eps, beta=beta,
-          kl_estimator=kl_estimator, aggregation=aggregation)
+          lp, jax.lax.stop_gradient(lp) if old_lp is None else old_lp,
+          ref_lp.reshape(b * g, num_levels), advantages.reshape(b * g, num_levels), valid,
+          clip_eps=clip_eps, beta=beta, kl_estimator=kl_estimator, aggregation=aggregation)
       if sft_weight:
         metrics['target_nll'] = -all_lp[:, g].mean()
         loss = loss + sft_weight * metrics['target_nll']
       return loss, metrics
 
-    (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    old_lp = None
+    if updates_per_rollout > 1:  # the rollout policy's log-probs, fixed for every update
+      old_lp = jax.lax.stop_gradient(prompted.completion_log_probs(
+          config, state.params, *prompt, completion)).reshape(b * g, num_levels)
+    for update in range(updates_per_rollout):
+      (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params,
+                                                                              old_lp)
+      if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+      if update < updates_per_rollout - 1:
+        state = state.apply_gradients(grads=grads)
     hit = rewards_lib.hits(items, batch['target'], item_to_group)
     metrics = {
         'loss': loss, 'reward_mean': reward.mean(),
         'reward_std': jnp.std(reward, axis=1, ddof=adv_ddof).mean(),
-        'zero_advantage_groups': (jnp.abs(advantages).max(axis=1) == 0).mean(),
+        'zero_advantage_groups': (jnp.abs(advantages).max(axis=(1, 2)) == 0).mean(),
         'rollout_hit_rate': hit.any(axis=1).mean(), **loss_metrics, **reward_metrics}
     if axis_name is not None:
-      grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+      metrics = jax.lax.pmean(metrics, axis_name)
     metrics['grad_norm'] = optax.tree.norm(grads)
     return state.apply_gradients(grads=grads), metrics
 

