@@ -93,6 +93,22 @@ def test_bad_csv_rows_name_file_line_field(tmp_path, line_text, field, problem):
   assert problem in message
 
 
+def test_invalid_utf8_names_file_line_and_field(tmp_path):
+  root = write_official_layout(str(tmp_path / 'raw'))
+  path = _train_csv(root)
+  with open(path, 'rb') as f:
+    lines = f.read().split(b'\n')
+  # Line 3's history titles column gets a byte that no UTF-8 text contains.
+  lines[2] = lines[2].replace(b'Item 2', b'Item \xff2', 1)
+  with open(path, 'wb') as f:
+    f.write(b'\n'.join(lines))
+  with pytest.raises(DataError) as info:
+    loading.load(_config(root, tmp_path / 'tfds'))
+  message = str(info.value)
+  assert f"{path}:3: field 'history_item_title'" in message
+  assert 'not valid UTF-8' in message
+
+
 def test_missing_column(tmp_path):
   root = write_official_layout(str(tmp_path / 'raw'))
   path = _train_csv(root)

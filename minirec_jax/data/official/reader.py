@@ -24,7 +24,7 @@ import os
 from typing import Iterator
 
 from minirec_jax.data import literals
-from minirec_jax.data.errors import DataError, require_dir, require_file
+from minirec_jax.data.errors import DataError, invalid_utf8, require_dir, require_file
 from minirec_jax.data.schema import ItemTable
 
 SPLITS = ('train', 'valid', 'test')
@@ -72,6 +72,8 @@ def load_json_object(path: str) -> dict:
     except json.JSONDecodeError as exc:
       raise DataError(f'invalid JSON: {exc.msg} (column {exc.colno})', path=path,
                       line=exc.lineno) from None
+    except UnicodeDecodeError:
+      raise invalid_utf8(path) from None
   if not isinstance(data, dict):
     raise DataError(f'expected a JSON object keyed by item id, got {type(data).__name__}',
                     path=path)
@@ -165,13 +167,21 @@ def _read_index_json(path: str, num_items: int) -> list[str]:
 
 def _read_info_txt(path: str) -> list[tuple[str, str]]:
   """Returns [(sid, title)] in item-id order; checks the third column is the line's item id."""
+  try:
+    return _info_rows(path)
+  except UnicodeDecodeError:
+    raise invalid_utf8(path) from None
+
+
+def _info_rows(path: str) -> list[tuple[str, str]]:
   rows = []
   with open(path, encoding='utf-8') as f:
     for line_no, line in enumerate(f, start=1):
       parts = line.rstrip('\n').split('\t')
       if len(parts) != 3:
         raise DataError(f'expected 3 tab-separated columns (SID, title, item_id), got '
-                        f'{len(parts)}', path=path, line=line_no, field='line', value=line.rstrip('\n'))
+                        f'{len(parts)}', path=path, line=line_no, field='line',
+                        value=line.rstrip('\n'))
       sid, title, item_id = parts
       if literals.parse_int(item_id, path=path, line=line_no, field='item_id') != line_no - 1:
         raise DataError(f'item ids must be listed in order; expected {line_no - 1}', path=path,
@@ -183,6 +193,13 @@ def _read_info_txt(path: str) -> list[tuple[str, str]]:
 def iter_rows(path: str, items: ItemTable) -> Iterator[tuple[int, Row]]:
   """Yields (csv line number, Row) for each data row of one split CSV, validating each."""
   require_file(path, 'split CSV')
+  try:
+    yield from _csv_rows(path, items)
+  except UnicodeDecodeError:
+    raise invalid_utf8(path, csv_header=True) from None
+
+
+def _csv_rows(path: str, items: ItemTable) -> Iterator[tuple[int, Row]]:
   num_items = items.num_items
   with open(path, encoding='utf-8', newline='') as f:
     reader = csv.DictReader(f)
@@ -203,7 +220,8 @@ def iter_rows(path: str, items: ItemTable) -> Iterator[tuple[int, Row]]:
                         line=line, field=missing[0])
       user_id = row['user_id'].strip()
       if not user_id:
-        raise DataError('empty user id', path=path, line=line, field='user_id', value=row['user_id'])
+        raise DataError('empty user id', path=path, line=line, field='user_id',
+                        value=row['user_id'])
       history = literals.parse_int_list(row['history_item_id'], path=path, line=line,
                                         field='history_item_id')
       if not history:
@@ -212,7 +230,8 @@ def iter_rows(path: str, items: ItemTable) -> Iterator[tuple[int, Row]]:
       for item in history:
         if not 0 <= item < num_items:
           raise DataError(f'item id {item} is not in the catalogue (0..{num_items - 1})',
-                          path=path, line=line, field='history_item_id', value=row['history_item_id'])
+                          path=path, line=line, field='history_item_id',
+                          value=row['history_item_id'])
       target = literals.parse_int(row['item_id'], path=path, line=line, field='item_id')
       if not 0 <= target < num_items:
         raise DataError(f'item id {target} is not in the catalogue (0..{num_items - 1})',
