@@ -5,8 +5,8 @@ synthetic with tiny), scale ('quick': reduced sizes for a CPU run; 'paper': the 
 defaults, i.e. the paper's recipe; default quick for ml100k/ml100k_loo/synthetic, paper for
 industrial/office), tiny (synthetic data and tiny models: a test-sized run).
 
-The sections are the stage configs (configs/{dataset,tokenizer,sft,sasrec,grpo}.py) and every
-field is overridable, e.g. `--config.sft.train.epochs=3 --config.grpo.train.steps=20`. All
+The sections are the stage configs (configs/{dataset,tokenizer,sft,sasrec,grpo}.py; popularity
+is configs/sasrec.py with variant=pop) and every field is overridable, e.g. `--config.sft.train.epochs=3 --config.grpo.train.steps=20`. All
 stages share one data section: `config.dataset.data` is the same object as `config.sft.data`
 etc., so overriding it through any of them changes it for every stage. Paths left empty are
 filled with this pipeline's own stage folders (sft.sids.path, grpo.init_from, and
@@ -54,8 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sft = load_config(f'configs/sft.py:dataset={dataset},sids=tokenizer{tiny}')
   # The paper's SASRec row (and collaborative reward model) is MiniOneRec's own SASRec.
   config.sasrec = load_config(f'configs/sasrec.py:dataset={dataset},variant=official{tiny}')
+  config.popularity = load_config(f'configs/sasrec.py:dataset={dataset},variant=pop{tiny}')
   config.grpo = load_config(f'configs/grpo.py{":tiny" if tiny else ""}')
-  for stage in ('tokenizer', 'sft', 'sasrec'):
+  for stage in ('tokenizer', 'sft', 'sasrec', 'popularity'):
     config[stage].data = config.dataset.data
   config.evaluation = ml_collections.ConfigDict({'ks': ranking.DEFAULT_KS, 'split': 'test'})
   if scale == 'quick' and not tiny:

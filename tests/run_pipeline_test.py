@@ -16,12 +16,13 @@ from minirec_jax.pipeline import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO, 'experiments', 'run_pipeline.py')
-TABLE_ROWS = ('| SASRec |', '| minirec-jax SFT (tiny) |', '| minirec-jax SFT+GRPO (tiny) |')
+TABLE_ROWS = ('| Most popular |', '| SASRec |', '| minirec-jax SFT (tiny) |',
+              '| minirec-jax SFT+GRPO (tiny) |')
 
 
 # One device instead of conftest's 4 fake ones: the sharded programs compile slower on 2
 # cores, and multi-device training has its own tests.
-MESH_STAGES = ('sft', 'sasrec', 'grpo')
+MESH_STAGES = ('sft', 'sasrec', 'popularity', 'grpo')
 ONE_DEVICE = tuple(f'--config.{stage}.mesh.num_devices=1' for stage in MESH_STAGES)
 
 
@@ -195,14 +196,14 @@ def test_registered_stages_run_after_their_inputs(tmp_path):
   # A new stage and table row are registered without touching the others: the row's stage is
   # read by the evaluation, so it runs before it although it was registered after it.
   extended = ep.REGISTRY.copy()
-  extended.register_stage('popularity', lambda config, folder, plan: {}, inputs=('dataset',),
+  extended.register_stage('item_knn', lambda config, folder, plan: {}, inputs=('dataset',),
                           configure=lambda context: ml_collections.ConfigDict())
-  extended.register_method('popularity', 'Popularity')
+  extended.register_method('item_knn', 'Item-KNN')
   config = load_config('configs/pipeline.py:tiny')
   plan = extended.plan(config, str(tmp_path))
-  assert list(plan.stages) == [*ep.STAGES[:-1], 'popularity', 'evaluation']
-  assert plan.stages['evaluation'].deps == ('sasrec', 'sft', 'grpo', 'popularity')
-  assert [m.display_name(plan) for m in plan.methods][-1] == 'Popularity'
+  assert list(plan.stages) == [*ep.STAGES[:-1], 'item_knn', 'evaluation']
+  assert plan.stages['evaluation'].deps == ('popularity', 'sasrec', 'sft', 'grpo', 'item_knn')
+  assert [m.display_name(plan) for m in plan.methods][-1] == 'Item-KNN'
   assert list(ep.stages(config, str(tmp_path))) == list(ep.STAGES)  # the default is unchanged
 
   toy = _toy_registry({'report': ('train',), 'train': ('data',), 'eval': ('train',), 'data': ()})

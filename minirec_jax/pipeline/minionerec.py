@@ -7,12 +7,14 @@ Stages, in run order, each in `<workdir>/<stage>/`:
   semantic_ids  RQ-VAE / RQ-KMeans codes -> collision-free SIDs (semantic_ids/stage.py)
   sft           generative recommender on those SIDs (loops/sft.py)
   sasrec        the SASRec baseline, also the collaborative reward model (loops/sasrec.py)
+  popularity    the most-popular baseline (the same loop, variant 'pop': no training)
   grpo          GRPO from the best SFT checkpoint (loops/grpo.py)
   evaluation    test metrics of every registered row on the same test rows, from their
                 predictions files (results.py)
 
-Rows, in the table's order: SASRec (full ranking over items), SFT and SFT+GRPO (SIDs, so items
-sharing a SID count as one).
+Rows, in the table's order: most popular and SASRec (full ranking over items), SFT and
+SFT+GRPO (generated SIDs, each standing for its items); every row at item level and, read
+through the SFT's SID groups, at SID level.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ registry.register_stage(
     'sft', _loop_stage(sft_loop.train_and_evaluate), configure=_sft_config,
     inputs=lambda ctx: ('semantic_ids',) if _sft_reads_pipeline_sids(ctx.config) else ('dataset',))
 registry.register_stage('sasrec', _loop_stage(sasrec_train.train_sasrec), inputs=('dataset',))
+registry.register_stage('popularity', _loop_stage(sasrec_train.train_sasrec),
+                        inputs=('dataset',))
 
 
 def _grpo_reads_pipeline_sasrec(config: ml_collections.ConfigDict) -> bool:
@@ -166,6 +170,7 @@ def _generative_name(label: str):
   return lambda plan: f"minirec-jax {label} ({plan.stages['sft'].config.model.variant})"
 
 
+registry.register_method('popularity', 'Most popular', _sft_sid_groups)
 registry.register_method('sasrec', 'SASRec', _sft_sid_groups)
 registry.register_method('sft', _generative_name('SFT'), _sft_sid_groups)
 registry.register_method('grpo', _generative_name('SFT+GRPO'), _sft_sid_groups)
