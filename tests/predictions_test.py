@@ -200,3 +200,22 @@ def test_compute_metrics_command_bad_input(tmp_path):
   result = _run(f'--predictions={bad}', '--ks=3,x')
   assert result.returncode != 0 and 'positive integers' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_gzipped_files_round_trip_and_rounding_keeps_the_ranking(tmp_path):
+  rows = _rows()
+  path = str(tmp_path / 'p.jsonl.gz')
+  assert predictions.write(path, predictions.rounded(rows, 1)) == len(rows)
+  with open(path, 'rb') as f:
+    assert f.read(2) == b'\x1f\x8b'  # gzip magic
+  back = list(predictions.read(path))
+  assert [r['items'] for r in back] == [r['items'] for r in rows]
+  assert all(s == round(s, 1) for r in back for s in r['scores'])
+  assert (predictions.file_metrics(path, ks=(3,)).metrics
+          == predictions.file_metrics(_plain(tmp_path, rows), ks=(3,)).metrics)
+
+
+def _plain(tmp_path, rows):
+  path = str(tmp_path / 'plain.jsonl')
+  predictions.write(path, rows)
+  return path

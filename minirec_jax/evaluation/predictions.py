@@ -16,8 +16,9 @@ Example:
    "sample_index": 0, "split": "test"}
 
 `write` validates and streams rows into a temporary file that replaces the target only when
-complete (io_utils). `read` validates every line and raises a DataError naming the file, line,
-field and value of the first problem. `file_metrics` recomputes the ranking metrics of a file
+complete (io_utils); a path ending in '.gz' is read and written gzip-compressed. `read`
+validates every line and raises a DataError naming the file, line, field and value of the
+first problem. `file_metrics` recomputes the ranking metrics of a file
 (see ranking.py) in bounded memory; like `calc.py`, it only reports K up to the longest list.
 """
 
@@ -111,6 +112,13 @@ def validate_row(row, path: str, line: int) -> dict[str, Any]:
   return row
 
 
+def rounded(rows: Iterable[dict], decimals: int) -> Iterator[dict]:
+  """The rows with scores rounded to `decimals` (order kept: rounding never reorders), e.g. to
+  commit a smaller file of a run's predictions."""
+  for row in rows:
+    yield {**row, 'scores': [round(s, decimals) for s in row['scores']]}
+
+
 def write(path: str | os.PathLike, rows: Iterable[dict]) -> int:
   """Validates and writes rows atomically, one per line, streaming; returns the row count."""
   path = os.fspath(path)
@@ -120,7 +128,7 @@ def write(path: str | os.PathLike, rows: Iterable[dict]) -> int:
 
 def _read_numbered(path: str) -> Iterator[tuple[int, dict]]:
   require_file(path, 'predictions file')
-  with open(path, encoding='utf-8') as f:
+  with io_utils.open_text(path) as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue

@@ -7,6 +7,7 @@ never a truncated one, because `os.replace` is atomic on POSIX within one filesy
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import tempfile
@@ -41,14 +42,30 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
   write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + '\n')
 
 
+def open_text(path: str | os.PathLike, mode: str = 'r', gz: bool | None = None):
+  """A UTF-8 text file ('r' or 'w'), gzip-compressed when `gz` (default: the name ends with
+  '.gz')."""
+  if os.fspath(path).endswith('.gz') if gz is None else gz:
+    return gzip.open(path, mode + 't', encoding='utf-8')
+  return open(path, mode, encoding='utf-8')
+
+
+def _fsync(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
 def write_jsonl(path: str | os.PathLike, rows) -> int:
-  """Writes an iterable of JSON-serialisable rows, one per line; returns the row count."""
+  """Writes an iterable of JSON-serialisable rows, one per line (gzipped for a '.gz' path);
+  returns the row count."""
   count = 0
   with atomic_path(path) as tmp:
-    with open(tmp, 'w', encoding='utf-8') as f:
+    with open_text(tmp, 'w', gz=os.fspath(path).endswith('.gz')) as f:
       for row in rows:
         f.write(json.dumps(row) + '\n')
         count += 1
-      f.flush()
-      os.fsync(f.fileno())
+    _fsync(tmp)
   return count
