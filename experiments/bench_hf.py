@@ -109,7 +109,7 @@ def decode_bench(rec, params, model, history, lengths, *, beam: int, hf_batch: i
 
   def theirs():
     out = [hf_reference.hf_beam_search(model, rec.prompts(history[c], lengths[c]), table,
-                                       beam=beam, num_levels=rec.vocab.num_levels)
+                                       beam=beam, num_levels=rec.sids.num_levels)
            for c in chunks]
     return np.concatenate([t for t, _ in out]), np.concatenate([s for _, s in out])
 
@@ -228,10 +228,9 @@ def main(argv):
   load_before = os.getloadavg()
   torch.set_num_threads(os.cpu_count())
   sids, sid_source = load_catalogue(_INDEX.value)
-  rec = generative.Recommender(
-      variants.decoder_config(_VARIANT.value, sid_sequences.SidVocab(
-          sids.num_levels, sids.codebook_size).vocab_size), sids, _MAX_ITEMS,
-      np.zeros(sids.num_items))
+  vocab = sid_sequences.SidVocab(sids.num_levels, sids.codebook_size)
+  rec = generative.Recommender(variants.decoder_config(_VARIANT.value, vocab.vocab_size), sids,
+                               _MAX_ITEMS, np.zeros(sids.num_items))
   config = rec.config
   tokens = jnp.zeros((1, 1), jnp.int32)
   params = jax.jit(decoder_lib.Decoder(config).init)(jax.random.key(0), tokens, tokens)['params']
@@ -243,7 +242,7 @@ def main(argv):
   decode = decode_bench(rec, params, model, history, lengths, beam=_BEAM.value,
                         hf_batch=_HF_BATCH.value, k=k, tol=tol, repeats=_REPEATS.value)
   print('decode:', decode)
-  train = train_bench(config, params, model, rec.vocab, _TRAIN_STEPS.value, _TRAIN_ROUNDS.value)
+  train = train_bench(config, params, model, vocab, _TRAIN_STEPS.value, _TRAIN_ROUNDS.value)
   print('train:', train)
   result = {
       **timing.machine_record(),

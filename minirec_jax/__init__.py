@@ -11,7 +11,13 @@ Models
   Decoder(config).apply({'params': p}, tokens [b, s], positions [b, s], mask bool [b, s, s]
     | None) -> float32 logits [b, s, vocab]: Qwen2-architecture decoder (mask None: causal).
   decoder_config(variant, vocab_size, **overrides) -> DecoderConfig: a named size of VARIANTS.
-  SidVocab(num_levels, codebook_size): SID token layout; .vocab_size, .item_tokens(codes [n, L]).
+  SidVocab(num_levels, codebook_size): our SID-only token layout; .vocab_size, .token_map,
+    .item_tokens(codes [n, L]).
+  SidTokenMap(table int32 [L, K], terminator=()): vocabulary id of every (level, code) and the
+    tokens forced after a SID (a language model's '\\n', eos); .item_tokens(codes [n, L]).
+  extend_vocabulary(tokenizer, decoder_config, params, num_levels, codebook_size, *, codes=None,
+    end_text='\\n', noise_scale=0.0, seed=0) -> (tokenizer, decoder_config, params, token_map):
+    a pretrained LM with one added token per SID code (new rows: mean of the old ones).
   SASRecConfig, SASRec(config): the SASRec baseline / collaborative reward model (linen).
 
 Training steps
@@ -20,8 +26,8 @@ Training steps
     apply_fn(params, tokens, positions, mask, rng) -> logits; batch: tokens, positions,
     segment_ids, labels int32 [b, s] and weights float32 [b, s] (packed sequences).
   make_sft_eval_step(apply_fn) -> eval_step(params, batch) -> {loss_sum, weight_sum, correct_sum}.
-  make_grpo_step(decoder_config, *, sid_offset, codebook_size, item_to_group, codes_table,
-    weights, ...) -> step(state, ref_params, reward_params, batch, rng): one GRPO update.
+  make_grpo_step(decoder_config, *, token_map, item_to_group, codes_table, weights, ...)
+    -> step(state, ref_params, reward_params, batch, rng): one GRPO update.
   make_sasrec_train_step(ranker, loss, num_items) -> step(state, batch, rng): SASRec/BPR step.
 
 Devices (minirec_jax.infra.distributed.initialize() first on multi-host runs)
@@ -36,11 +42,12 @@ Devices (minirec_jax.infra.distributed.initialize() first on multi-host runs)
 Decoding
   build_trie(codes int [num_items, L], codebook_size, *, dedupe='error') -> SidTrie (jittable).
   constrained_beam_search(first_logits [b, vocab], cache, logits_fn, reorder_cache, trie, *,
-    beam_size, sid_offset) -> BeamResult(items [b, beam], codes [b, beam, L], scores [b, beam]).
+    beam_size, token_map) -> BeamResult(items [b, beam], codes [b, beam, L], scores [b, beam]);
+    the token map's terminator tokens are forced after the L SID levels and scored.
   beam_search_prompts(decoder_config, params, trie, tokens, positions, mask [b, T], *,
-    beam_size, sid_offset) -> BeamResult: prefill + constrained beam search with the KV cache.
+    beam_size, token_map) -> BeamResult: prefill + constrained beam search with the KV cache.
   sample_prompts(decoder_config, params, trie, tokens, positions, mask, rng, *, num_samples,
-    sid_offset, temperature=1.0) -> SampleResult: trie-masked sampling (RL rollouts).
+    token_map, temperature=1.0) -> SampleResult: trie-masked sampling (RL rollouts).
 
 Rewards (candidates int32 [b, G] -> float32 [b, G])
   rule_reward(items, targets [b], item_to_group): 1 for the target's SID, else 0.
@@ -72,6 +79,8 @@ _EXPORTS = {
     'decoder_config': ('minirec_jax.models.variants', 'decoder_config'),
     'VARIANTS': ('minirec_jax.models.variants', 'VARIANTS'),
     'SidVocab': ('minirec_jax.data.sid_sequences', 'SidVocab'),
+    'SidTokenMap': ('minirec_jax.data.sid_sequences', 'SidTokenMap'),
+    'extend_vocabulary': ('minirec_jax.models.vocab_extension', 'extend'),
     'SASRec': ('minirec_jax.models.sasrec', 'SASRec'),
     'SASRecConfig': ('minirec_jax.models.sasrec', 'SASRecConfig'),
     'TrainState': ('minirec_jax.training.state', 'TrainState'),

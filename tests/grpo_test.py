@@ -116,7 +116,7 @@ def test_grpo_increases_expected_reward_on_a_toy_task(mode):
   codes, vocab, config, trie, prompts, positions, mask, params = _toy()
   targets = jnp.arange(8) % 12
   step = jax.jit(step_lib.make_grpo_step(
-      config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
+      config, token_map=vocab.token_map,
       item_to_group=trie.item_to_group, codes_table=trie.codes,
       weights={'rule': 1.0, 'rank': 1.0}, beta=0.0))
   state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.adam(3e-3))
@@ -126,7 +126,7 @@ def test_grpo_increases_expected_reward_on_a_toy_task(mode):
   for i in range(40):
     roll = rollout_lib.rollout(config, state.params, trie, prompts, positions, mask, targets,
                                jax.random.key(i), mode=mode, group_size=6,
-                               sid_offset=vocab.sid_offset, add_target=(mode == 'beam'))
+                               token_map=vocab.token_map, add_target=(mode == 'beam'))
     batch = {'tokens': prompts, 'positions': positions, 'mask': mask, 'target': targets,
              'history': jnp.zeros((8, 1), jnp.int32), 'history_len': jnp.ones(8, jnp.int32),
              'items': roll.items, 'codes': roll.codes}
@@ -172,7 +172,7 @@ def _beam_batch(config, params, trie, prompts, positions, mask, targets, vocab,
   """A GRPO update batch from one beam rollout (G = 4) of the toy task."""
   roll = rollout_lib.rollout(config, params, trie, prompts, positions, mask, targets,
                              jax.random.key(0), mode='beam', group_size=4,
-                             sid_offset=vocab.sid_offset, add_target=add_target)
+                             token_map=vocab.token_map, add_target=add_target)
   return {'tokens': prompts, 'positions': positions, 'mask': mask, 'target': targets,
           'history': jnp.zeros((8, 1), jnp.int32), 'history_len': jnp.ones(8, jnp.int32),
           'items': roll.items, 'codes': roll.codes}
@@ -185,7 +185,7 @@ def test_sft_anchor_adds_the_weighted_target_nll():
   losses = {}
   for weight in (0.0, 0.5):
     step = jax.jit(step_lib.make_grpo_step(
-        config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
+        config, token_map=vocab.token_map,
         item_to_group=trie.item_to_group, codes_table=trie.codes, weights={'rule': 1.0},
         sft_weight=weight))
     state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.0))
@@ -228,7 +228,7 @@ def test_several_updates_per_rollout_move_the_ratio(mode):
   out = {}
   for updates in (1, 3):
     step = jax.jit(step_lib.make_grpo_step(
-        config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
+        config, token_map=vocab.token_map,
         item_to_group=trie.item_to_group, codes_table=trie.codes,
         weights={'rule': 1.0, 'rank': 1.0}, advantage_mode=mode, updates_per_rollout=updates,
         clip_eps=0.05))

@@ -20,6 +20,7 @@ LAYERS = (
     'rl',            # rewards, GRPO losses and step
     'training',      # train state, pure SFT/SASRec steps, jit/pmap helpers
     'loops',         # host loops: data -> jitted steps -> checkpoints -> reports
+    'serving',       # recommendations for new histories from a trained workdir
     'pipeline',      # every stage into one workdir, the results table
     'testing',       # fixtures and reference implementations for tests
 )

@@ -115,7 +115,7 @@ def sid_strings(codes) -> list[str]:
   codes = np.asarray(codes)
   if codes.ndim != 2:
     raise DataError(f'codes must be [num_items, levels], got shape {codes.shape}', field='codes')
-  return [''.join(f'<{chr(97 + level)}_{code}>' for level, code in enumerate(row))
+  return [''.join(sid_sequences.sid_token_name(level, code) for level, code in enumerate(row))
           for row in codes.tolist()]
 
 

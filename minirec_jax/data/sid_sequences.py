@@ -1,8 +1,14 @@
-"""Histories as SID-token sequences: the vocabulary, exact packing for SFT, eval prompts.
+"""Histories as SID-token sequences: the SID token map, exact packing for SFT, eval prompts.
 
-Vocabulary: token 0 is PAD; the SID token of (level l, code c) is `1 + l*K + c`. An item is its
-L SID tokens; a history is its items' tokens, oldest first. No BOS/EOS is needed: every SID has
-exactly L tokens, so the model predicts the next item's first code from the last history token.
+Token map (`SidTokenMap`): the vocabulary id of every (level, code) as a table, plus the tokens
+that close a generated SID (the terminator). Decoding, rollouts and prompts read token ids from
+this table only, so they work on any vocabulary that has one token per SID code: ours
+(`SidVocab`), or a language model's extended with SID tokens (models/vocab_extension.py).
+
+Our SID-only vocabulary (`SidVocab`): token 0 is PAD; the SID token of (level l, code c) is
+`1 + l*K + c`. An item is its L SID tokens; a history is its items' tokens, oldest first. No
+BOS/EOS is needed: every SID has exactly L tokens, so the model predicts the next item's first
+code from the last history token (its terminator is empty).
 
 Exact packing for SFT. The official data has one row per (history of <= H items -> target).
 Training every row as its own sequence repeats most tokens (a user's rows share prefixes). We
@@ -23,17 +29,80 @@ pack without changing what any row sees:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import chex
+import jax
 import numpy as np
 
 PAD_TOKEN = 0
 
 
+def sid_token_name(level: int, code: int) -> str:
+  """The official text of the SID token of (level, code): '<a_12>' is level 0, code 12."""
+  if not 0 <= level < 26:
+    raise ValueError(f'SID levels are named a..z; level {level} has no letter')
+  return f'<{chr(ord("a") + level)}_{code}>'
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=['table'],
+                   meta_fields=['terminator'])
+@dataclasses.dataclass(frozen=True, eq=False)
+class SidTokenMap:
+  """Vocabulary ids of the SID tokens (a pytree: pass it to jitted functions as an argument).
+
+  Attributes:
+    table: int32 `[L, K]`: the token id of (level l, code c); -1 where the vocabulary has no
+      token for that code (an official checkpoint adds only the codes its catalogue uses).
+    terminator: token ids generated after every complete SID, in order (static): () for our
+      SID-only vocabulary, e.g. ('\\n' id, eos id) for a language model (official format).
+
+  No checks at construction (JAX rebuilds pytrees with placeholder leaves); the decoders check
+  the map against the trie and the vocabulary.
+  """
+
+  table: np.ndarray
+  terminator: tuple[int, ...] = ()
+
+  @property
+  def num_levels(self) -> int:
+    return self.table.shape[0]
+
+  @property
+  def codebook_size(self) -> int:
+    return self.table.shape[1]
+
+  def max_id(self) -> int:
+    """The largest token id of the map (SID tokens and terminator); needs a concrete table."""
+    return max((int(np.max(self.table)),) + self.terminator)
+
+  def item_tokens(self, codes: np.ndarray) -> np.ndarray:
+    """Codes `[n, L]` -> token ids int32 `[n, L]`; every code must have a token."""
+    codes = np.asarray(codes)
+    chex.assert_shape(codes, (None, self.num_levels))
+    if codes.min() < 0 or codes.max() >= self.codebook_size:
+      raise ValueError(f'codes must lie in [0, {self.codebook_size})')
+    tokens = np.asarray(self.table)[np.arange(self.num_levels), codes]
+    if tokens.min() < 0:
+      item, level = np.argwhere(tokens < 0)[0].tolist()
+      raise ValueError(f'code {codes[item, level]} of level {level} (row {item}) has no token '
+                       'in this vocabulary')
+    return tokens.astype(np.int32)
+
+  def token_codes(self, tokens: np.ndarray) -> np.ndarray:
+    """Token ids `[..., L]` (level l's token at index l) -> codes int32 `[..., L]`, -1 where a
+    token is not a SID token of its level."""
+    tokens = np.asarray(tokens)
+    chex.assert_axis_dimension(tokens, -1, self.num_levels)
+    table = np.asarray(self.table)
+    hit = (tokens[..., None] == table) & (table >= 0)                        # [..., L, K]
+    return np.where(hit.any(-1), hit.argmax(-1), -1).astype(np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class SidVocab:
-  """Token layout for L levels of K codes."""
+  """Our SID-only token layout for L levels of K codes (PAD below the SID tokens)."""
 
   num_levels: int
   codebook_size: int
@@ -44,14 +113,15 @@ class SidVocab:
   def vocab_size(self) -> int:
     return self.sid_offset + self.num_levels * self.codebook_size
 
+  @property
+  def token_map(self) -> SidTokenMap:
+    """Token `sid_offset + l*K + c` for (level l, code c); no terminator."""
+    levels = np.arange(self.num_levels)[:, None] * self.codebook_size
+    return SidTokenMap((self.sid_offset + levels + np.arange(self.codebook_size)).astype(np.int32))
+
   def item_tokens(self, codes: np.ndarray) -> np.ndarray:
     """Codes `[n, L]` -> token ids `[n, L]`."""
-    codes = np.asarray(codes)
-    chex.assert_shape(codes, (None, self.num_levels))
-    if codes.min() < 0 or codes.max() >= self.codebook_size:
-      raise ValueError(f'codes must lie in [0, {self.codebook_size})')
-    levels = np.arange(self.num_levels) * self.codebook_size
-    return (self.sid_offset + levels + codes).astype(np.int32)
+    return self.token_map.item_tokens(codes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +192,7 @@ def pack_segments(segments: Sequence[Segment], item_tokens: np.ndarray,
 
   Args:
     segments: from `build_segments`.
-    item_tokens: `[num_items, L]` token ids of every item (`SidVocab.item_tokens`).
+    item_tokens: `[num_items, L]` token ids of every item (`SidTokenMap.item_tokens`).
     seq_len: tokens per packed sequence; must hold the longest segment.
   """
   num_levels = item_tokens.shape[1]

@@ -4,8 +4,9 @@ Model-agnostic interface (the model is reached only through two callables):
 
   first_logits                     float `[batch, vocab]`: next-token logits after each prompt
   logits_fn(cache, tokens, step)   -> (logits `[rows, vocab]`, cache): feeds one token per row
-                                   (`tokens` int32 `[rows]`, the SID token of level `step`,
-                                   `step` an int32 scalar in [0, L-1))
+                                   (`tokens` int32 `[rows]`, generated token number `step`, an
+                                   int32 scalar in [0, L + T - 1): the SID token of level
+                                   `step` for step < L, then terminator token `step - L`)
   reorder_cache(cache, rows)       -> cache: gathers cache rows (`rows` int32 `[new_rows]`)
 
 with rows = batch * beam, laid out user-major (row = b * beam + w). `reorder_cache` is called
@@ -13,9 +14,16 @@ once to expand `[batch]` -> `[batch * beam]` and then once per level to follow t
 beams; a KV-cache decoder plugs in directly (its `decode_step` as `logits_fn`, its row gather as
 `reorder_cache`), a stateless model can use a trivial cache.
 
-Token layout: the SID token of (level l, code c) is `sid_offset + l * K + c`. Every SID has
-exactly L tokens, so the search runs exactly L levels (no EOS step) and calls `logits_fn` L-1
-times: the last level's choice needs no further logits.
+Token ids come from a `SidTokenMap` (data/sid_sequences.py), never from arithmetic: the SID
+token of (level l, code c) is `token_map.table[l, c]`, in any vocabulary (ours, or a language
+model's extended with SID tokens). Every SID has exactly L tokens, so the search runs exactly L
+levels. When the map has a terminator of T tokens (a language model's '\\n' then eos), T forced
+steps follow: after level L-1 the `beam` best paths are fixed (each has exactly one allowed
+continuation, so nothing is pruned), each path's score gains the model's log-prob of terminator
+token j after the SID and terminator tokens 0..j-1, and the paths are re-sorted by the total.
+This is what the official beam search does with a trie that allows only '\\n' then eos after a
+complete SID (length_penalty 0). `logits_fn` is called L + T - 1 times: the last token's choice
+needs no further logits.
 
 Scores are true model log-probs of the path, as in the official implementation: log-softmax
 over the FULL vocabulary in float32, keep the level's K SID tokens, and give codes the trie
@@ -32,7 +40,9 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from minirec_jax.data.sid_sequences import SidTokenMap
 from minirec_jax.semantic_ids.trie import SidTrie
 
 NEG_INF = -1e9
@@ -50,7 +60,8 @@ class BeamResult:
   Attributes:
     items: int32 `[batch, beam]`; -1 for unfilled beams (fewer than `beam` items reachable).
     codes: int32 `[batch, beam, L]`; rows of -1 for unfilled beams.
-    scores: float32 `[batch, beam]`: sum of the L token log-probs; NEG_INF for unfilled beams.
+    scores: float32 `[batch, beam]`: sum of the L SID and T terminator token log-probs; NEG_INF
+      for unfilled beams.
   """
 
   items: jax.Array
@@ -65,28 +76,69 @@ class _Beams:
   codes: jax.Array   # int32 [batch, beam, L]: codes chosen so far
 
 
-def check_vocab(first_logits: jax.Array, trie: SidTrie, sid_offset: int) -> None:
-  """Raises unless `first_logits` `[batch, vocab]` has room for all L * K SID tokens."""
+def check_token_map(first_logits: jax.Array, trie: SidTrie, token_map: SidTokenMap) -> None:
+  """Raises unless `token_map` is `[L, K]` like `trie` and its ids fit `first_logits`' vocab.
+
+  A table passed into jit is traced and its ids cannot be read here (`Recommender` checks them
+  on the host); the static terminator ids always are.
+  """
   chex.assert_rank(first_logits, 2)
-  needed = sid_offset + trie.num_levels * trie.codebook_size
-  # Checked here because dynamic_slice would silently clamp an out-of-range slice.
-  if first_logits.shape[1] < needed:
-    raise ValueError(f'vocab of {first_logits.shape[1]} tokens has no room for {trie.num_levels}'
-                     f' x {trie.codebook_size} SID tokens from sid_offset {sid_offset}')
+  shape = (trie.num_levels, trie.codebook_size)
+  if token_map.table.shape != shape:
+    raise ValueError(f'token map table {token_map.table.shape} does not match the trie {shape}')
+  ids = list(token_map.terminator)
+  if not isinstance(token_map.table, jax.core.Tracer):
+    ids.append(int(np.max(token_map.table)))
+  # Checked here because a gather with an out-of-range id fails silently (clamps or fills).
+  vocab = first_logits.shape[1]
+  if max(ids, default=-1) >= vocab:
+    raise ValueError(f'vocab of {vocab} tokens has no room for {shape[0]} x {shape[1]} SID tokens'
+                     f' and {len(token_map.terminator)} terminator tokens (largest id {max(ids)})')
 
 
-def sid_log_probs(logits: jax.Array, level: int | jax.Array, codebook_size: int,
-                  sid_offset: int) -> jax.Array:
-  """`[rows, vocab]` logits -> float32 `[rows, K]` full-vocabulary log-probs of level's codes."""
+def token_ids(token_map: SidTokenMap) -> jax.Array:
+  """int32 `[L, K]` table usable as an index: codes without a token read token 0.
+
+  Such codes are never allowed by a trie over the map's catalogue; only dead beams feed them.
+  """
+  return jnp.maximum(jnp.asarray(token_map.table, jnp.int32), 0)
+
+
+def sid_log_probs(logits: jax.Array, level: int | jax.Array, table: jax.Array) -> jax.Array:
+  """`[rows, vocab]` logits -> float32 `[rows, K]` full-vocabulary log-probs of level's codes
+  (`table` from `token_ids`)."""
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  start = sid_offset + level * codebook_size
-  return jax.lax.dynamic_slice_in_dim(log_probs, start, codebook_size, axis=-1)
+  return jnp.take(log_probs, table[level], axis=-1)
 
 
-def sid_token(code: jax.Array, level: int | jax.Array, codebook_size: int,
-              sid_offset: int) -> jax.Array:
-  """Vocabulary id of the SID token for `code` (int, any shape) at `level`."""
-  return (sid_offset + level * codebook_size + code).astype(jnp.int32)
+def terminator_log_probs(cache: Any, logits_fn: LogitsFn, last_tokens: jax.Array,
+                         token_map: SidTokenMap, num_levels: int) -> jax.Array:
+  """Forced terminator steps after complete SIDs: float32 `[T, rows]` log-probs.
+
+  Args:
+    cache: the model state after SID tokens 0..L-2 of every row, `[rows]` rows.
+    logits_fn: see the module docstring.
+    last_tokens: int32 `[rows]`, each row's level-(L-1) SID token (not fed yet).
+    token_map: its terminator (T >= 1 tokens) is what is scored.
+    num_levels: L (static).
+
+  Returns:
+    log p(terminator token j | prompt, SID, terminator tokens < j) for every row, full
+    vocabulary, float32.
+  """
+  term = jnp.asarray(token_map.terminator, jnp.int32)
+  rows = last_tokens.shape[0]
+  feed = jnp.concatenate([last_tokens[None].astype(jnp.int32),
+                          jnp.broadcast_to(term[:-1, None], (len(term) - 1, rows))])
+  steps = num_levels - 1 + jnp.arange(len(term), dtype=jnp.int32)
+
+  def body(cache, inputs):
+    tokens, step, target = inputs
+    logits, cache = logits_fn(cache, tokens, step)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return cache, jax.lax.dynamic_index_in_dim(log_probs, target, axis=-1, keepdims=False)
+
+  return jax.lax.scan(body, cache, (feed, steps, term))[1]
 
 
 def _extend(trie: SidTrie, level, beams: _Beams, log_probs: jax.Array):
@@ -121,7 +173,8 @@ def _extend(trie: SidTrie, level, beams: _Beams, log_probs: jax.Array):
 
 def constrained_beam_search(first_logits: jax.Array, cache: Any, logits_fn: LogitsFn,
                             reorder_cache: ReorderFn, trie: SidTrie, *,
-                            beam_size: int = EVAL_BEAM_SIZE, sid_offset: int) -> BeamResult:
+                            beam_size: int = EVAL_BEAM_SIZE,
+                            token_map: SidTokenMap) -> BeamResult:
   """The `beam_size` most probable catalogue SIDs per user (jittable; beam_size is static).
 
   Args:
@@ -131,16 +184,17 @@ def constrained_beam_search(first_logits: jax.Array, cache: Any, logits_fn: Logi
     reorder_cache: `(cache, rows [new_rows]) -> cache`.
     trie: the catalogue's SID trie.
     beam_size: beams per user (static); may exceed the number of items (padding, see result).
-    sid_offset: vocabulary id of the SID token (level 0, code 0).
+    token_map: the SID token ids `[L, K]` and the terminator (forced steps, see module doc).
 
   Returns:
     BeamResult with `[batch, beam]` items and scores and `[batch, beam, L]` codes, best first.
   """
-  check_vocab(first_logits, trie, sid_offset)
+  check_token_map(first_logits, trie, token_map)
   batch = first_logits.shape[0]
-  k, num_levels = trie.codebook_size, trie.num_levels
+  num_levels = trie.num_levels
+  table = token_ids(token_map)
   cache = reorder_cache(cache, jnp.repeat(jnp.arange(batch), beam_size))
-  log_probs = jnp.repeat(sid_log_probs(first_logits, 0, k, sid_offset), beam_size, axis=0)
+  log_probs = jnp.repeat(sid_log_probs(first_logits, 0, table), beam_size, axis=0)
   # Only beam 0 is live at first, so level 0 does not pick the same code `beam` times.
   beams = _Beams(scores=jnp.full((batch, beam_size), NEG_INF, jnp.float32).at[:, 0].set(0.0),
                  nodes=jnp.zeros((batch, beam_size), jnp.int32),
@@ -150,12 +204,20 @@ def constrained_beam_search(first_logits: jax.Array, cache: Any, logits_fn: Logi
     beams, log_probs, cache = carry
     beams, _, code, rows = _extend(trie, level, beams, log_probs)
     cache = reorder_cache(cache, rows)
-    logits, cache = logits_fn(cache, sid_token(code.reshape(-1), level, k, sid_offset), level)
-    return (beams, sid_log_probs(logits, level + 1, k, sid_offset), cache), None
+    logits, cache = logits_fn(cache, table[level, code.reshape(-1)], level)
+    return (beams, sid_log_probs(logits, level + 1, table), cache), None
 
-  (beams, log_probs, _), _ = jax.lax.scan(body, (beams, log_probs, cache),
-                                          jnp.arange(num_levels - 1, dtype=jnp.int32))
-  beams, items, _, _ = _extend(trie, num_levels - 1, beams, log_probs)
+  (beams, log_probs, cache), _ = jax.lax.scan(body, (beams, log_probs, cache),
+                                              jnp.arange(num_levels - 1, dtype=jnp.int32))
+  beams, items, code, rows = _extend(trie, num_levels - 1, beams, log_probs)
+  if token_map.terminator:
+    forced = terminator_log_probs(reorder_cache(cache, rows), logits_fn,
+                                  table[num_levels - 1, code.reshape(-1)], token_map, num_levels)
+    scores, order = jax.lax.top_k(beams.scores + forced.sum(0).reshape(batch, beam_size),
+                                  beam_size)
+    items = jnp.take_along_axis(items, order, axis=1)
+    beams = beams.replace(scores=scores,
+                          codes=jnp.take_along_axis(beams.codes, order[..., None], axis=1))
   found = beams.scores > NEG_INF / 2
   return BeamResult(items=jnp.where(found, items, -1),
                     codes=jnp.where(found[..., None], beams.codes, -1),

@@ -1,9 +1,10 @@
 """Decoding from SID prompts with the decoder's KV cache: beam search, sampling, scoring.
 
 These glue the model-agnostic searches (`beam_search`, `sampling`) to the decoder: prefill the
-left-padded prompts, then feed one SID token per row and step. Prompts are `[batch, T]` token
-ids, positions and a bool mask (False on left padding), as made by
-`sid_sequences.history_prompts`.
+left-padded prompts, then feed one generated token (SID, then terminator) per row and step.
+Prompts are `[batch, T]` token ids, positions and a bool mask (False on left padding), as made
+by `sid_sequences.history_prompts` or by a language model's prompt builder; the token map says
+which vocabulary ids the SID and terminator tokens have.
 """
 
 from __future__ import annotations
@@ -11,40 +12,46 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from minirec_jax.data.sid_sequences import SidTokenMap
 from minirec_jax.decoding import beam_search
 from minirec_jax.decoding import sampling
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.semantic_ids.trie import SidTrie
 
 
-def _prefill(config, params, trie: SidTrie, tokens, positions, mask, rows_per_prompt: int):
+def _prefill(config, params, trie: SidTrie, token_map: SidTokenMap, tokens, positions, mask,
+             rows_per_prompt: int):
+  # Every generated token but the last is fed back: L SID tokens, then the terminator.
+  fed = trie.num_levels + len(token_map.terminator) - 1
   logits, cache = decoder_lib.prefill_shared(config, params, tokens, positions, mask,
-                                             gen_len=max(trie.num_levels - 1, 1))
+                                             gen_len=max(fed, 1))
   next_position = jnp.repeat(positions[:, -1] + 1, rows_per_prompt)
 
-  def logits_fn(cache, token, level):
-    return decoder_lib.decode_step(config, params, cache, token, next_position + level)
+  def logits_fn(cache, token, step):
+    return decoder_lib.decode_step(config, params, cache, token, next_position + step)
 
   return logits, cache, logits_fn
 
 
 def beam_search_prompts(config: decoder_lib.DecoderConfig, params, trie: SidTrie, tokens,
                         positions, mask, *, beam_size: int,
-                        sid_offset: int) -> beam_search.BeamResult:
+                        token_map: SidTokenMap) -> beam_search.BeamResult:
   """The `beam_size` most probable catalogue SIDs after each prompt (trie leaves as items)."""
-  logits, cache, logits_fn = _prefill(config, params, trie, tokens, positions, mask, beam_size)
+  logits, cache, logits_fn = _prefill(config, params, trie, token_map, tokens, positions, mask,
+                                      beam_size)
   return beam_search.constrained_beam_search(logits, cache, logits_fn,
                                              decoder_lib.reorder_cache, trie,
-                                             beam_size=beam_size, sid_offset=sid_offset)
+                                             beam_size=beam_size, token_map=token_map)
 
 
 def sample_prompts(config: decoder_lib.DecoderConfig, params, trie: SidTrie, tokens, positions,
-                   mask, rng, *, num_samples: int, sid_offset: int,
+                   mask, rng, *, num_samples: int, token_map: SidTokenMap,
                    temperature: float = 1.0) -> sampling.SampleResult:
   """`num_samples` trie-masked ancestral samples per prompt."""
-  logits, cache, logits_fn = _prefill(config, params, trie, tokens, positions, mask, num_samples)
+  logits, cache, logits_fn = _prefill(config, params, trie, token_map, tokens, positions, mask,
+                                      num_samples)
   return sampling.masked_sample(logits, cache, logits_fn, decoder_lib.reorder_cache, trie, rng,
-                                num_samples=num_samples, sid_offset=sid_offset,
+                                num_samples=num_samples, token_map=token_map,
                                 temperature=temperature)
 
 

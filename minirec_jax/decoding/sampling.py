@@ -4,7 +4,9 @@ Each level draws a code from softmax(log p(code | prefix) / temperature) restric
 the trie allows after the prefix, so with temperature 1 an item is drawn with probability
 prod_l p(c_l | prefix) / sum_{allowed c} p(c | prefix) (the model renormalised per level over
 the catalogue's continuations). Returned log-probs are those of the untempered model over the
-full vocabulary, as beam search scores them (see beam_search's module docstring).
+full vocabulary, as beam search scores them (see beam_search's module docstring); a token map's
+terminator tokens are forced after the SID and their log-probs returned too, as beam search
+adds them.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from minirec_jax.decoding.beam_search import (NEG_INF, LogitsFn, ReorderFn, check_vocab,
-                                              sid_log_probs, sid_token)
+from minirec_jax.data.sid_sequences import SidTokenMap
+from minirec_jax.decoding.beam_search import (NEG_INF, LogitsFn, ReorderFn, check_token_map,
+                                              sid_log_probs, terminator_log_probs, token_ids)
 from minirec_jax.semantic_ids.trie import SidTrie
 
 
@@ -27,8 +30,9 @@ class SampleResult:
   Attributes:
     items: int32 `[batch, samples]`, always catalogue items (repeats are possible).
     codes: int32 `[batch, samples, L]`.
-    token_log_probs: float32 `[batch, samples, L]`: untempered model log-prob of every token.
-    scores: float32 `[batch, samples]`: their sum, log p(SID | prompt).
+    token_log_probs: float32 `[batch, samples, L + T]`: untempered model log-prob of every
+      token, the L SID tokens then the T terminator tokens of the token map.
+    scores: float32 `[batch, samples]`: their sum, log p(SID, terminator | prompt).
   """
 
   items: jax.Array
@@ -39,7 +43,8 @@ class SampleResult:
 
 def masked_sample(first_logits: jax.Array, cache: Any, logits_fn: LogitsFn,
                   reorder_cache: ReorderFn, trie: SidTrie, rng: jax.Array, *, num_samples: int,
-                  sid_offset: int, temperature: float | jax.Array = 1.0) -> SampleResult:
+                  token_map: SidTokenMap,
+                  temperature: float | jax.Array = 1.0) -> SampleResult:
   """Draws `num_samples` catalogue SIDs per user (jittable; num_samples is static).
 
   Args:
@@ -51,20 +56,21 @@ def masked_sample(first_logits: jax.Array, cache: Any, logits_fn: LogitsFn,
     trie: the catalogue's SID trie.
     rng: a PRNG key.
     num_samples: samples per user (static).
-    sid_offset: vocabulary id of the SID token (level 0, code 0).
+    token_map: the SID token ids `[L, K]` and the terminator (forced after the SID).
     temperature: > 0; divides the log-probs before sampling (not the returned log-probs).
 
   Returns:
     SampleResult with `[batch, num_samples]` items and scores.
   """
-  check_vocab(first_logits, trie, sid_offset)
+  check_token_map(first_logits, trie, token_map)
   if isinstance(temperature, (int, float)) and temperature <= 0:
     raise ValueError(f'temperature must be > 0, got {temperature} (use beam size 1 for greedy)')
   batch = first_logits.shape[0]
   rows = batch * num_samples
-  k, num_levels = trie.codebook_size, trie.num_levels
+  num_levels = trie.num_levels
+  table = token_ids(token_map)
   cache = reorder_cache(cache, jnp.repeat(jnp.arange(batch), num_samples))
-  log_probs = jnp.repeat(sid_log_probs(first_logits, 0, k, sid_offset), num_samples, axis=0)
+  log_probs = jnp.repeat(sid_log_probs(first_logits, 0, table), num_samples, axis=0)
   keys = jax.random.split(rng, num_levels)
 
   def draw(level, nodes, log_probs, key):
@@ -80,17 +86,21 @@ def masked_sample(first_logits: jax.Array, cache: Any, logits_fn: LogitsFn,
     nodes, log_probs, cache = carry
     level, key = inputs
     code, nodes, chosen = draw(level, nodes, log_probs, key)
-    logits, cache = logits_fn(cache, sid_token(code, level, k, sid_offset), level)
-    return (nodes, sid_log_probs(logits, level + 1, k, sid_offset), cache), (code, chosen)
+    logits, cache = logits_fn(cache, table[level, code], level)
+    return (nodes, sid_log_probs(logits, level + 1, table), cache), (code, chosen)
 
   nodes = jnp.zeros((rows,), jnp.int32)
-  (nodes, log_probs, _), (codes, chosen) = jax.lax.scan(
+  (nodes, log_probs, cache), (codes, chosen) = jax.lax.scan(
       body, (nodes, log_probs, cache),
       (jnp.arange(num_levels - 1, dtype=jnp.int32), keys[:-1]))
   last_code, items, last_chosen = draw(num_levels - 1, nodes, log_probs, keys[-1])
   codes = jnp.concatenate([codes.T, last_code[:, None]], axis=1).astype(jnp.int32)
   token_log_probs = jnp.concatenate([chosen.T, last_chosen[:, None]], axis=1)
-  token_log_probs = token_log_probs.reshape(batch, num_samples, num_levels)
+  if token_map.terminator:
+    forced = terminator_log_probs(cache, logits_fn, table[num_levels - 1, last_code], token_map,
+                                  num_levels)
+    token_log_probs = jnp.concatenate([token_log_probs, forced.T], axis=1)
+  token_log_probs = token_log_probs.reshape(batch, num_samples, -1)
   return SampleResult(items=items.reshape(batch, num_samples),
                       codes=codes.reshape(batch, num_samples, num_levels),
                       token_log_probs=token_log_probs, scores=token_log_probs.sum(-1))

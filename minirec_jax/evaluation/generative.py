@@ -1,11 +1,14 @@
 """Evaluating and serving the generative recommender: trie-constrained beam search.
 
-For every sample the prompt is its last <= `prompt_items` history items as SID tokens; the
-model generates `beam_size` distinct catalogue SIDs ranked by log-probability. Each SID then
-stands for its items (several when items share a SID, most popular first: `item_lists`), so
-the model's output is a ranked item list. Metrics come at both levels of `item_lists`: item
-level ('hr@K', ...: the item list, primary) and SID level ('sid_hr@K', ...: the target's SID
-among the generated SIDs, the official metric). Also reports the perplexity of the target SID.
+For every sample the prompt is its last <= `prompt_items` history items as SID tokens (or any
+prompt tokens `Recommender.rank` is given, e.g. a language model's text prompt); the model
+generates `beam_size` distinct catalogue SIDs ranked by log-probability, reading the SID token
+ids (and the terminator a language model ends a SID with) from the recommender's token map.
+Each SID then stands for its items (several when items share a SID, most popular first:
+`item_lists`), so the model's output is a ranked item list. Metrics come at both levels of
+`item_lists`: item level ('hr@K', ...: the item list, primary) and SID level ('sid_hr@K', ...:
+the target's SID among the generated SIDs, the official metric). Also reports the perplexity
+of the target SID (its L SID tokens; a terminator is not scored).
 """
 
 from __future__ import annotations
@@ -31,17 +34,19 @@ from minirec_jax.semantic_ids import catalogue as catalogue_lib
 from minirec_jax.semantic_ids import trie as trie_lib
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'beam_size', 'sid_offset'))
+@functools.partial(jax.jit, static_argnames=('config', 'beam_size'))
 def generate(config: decoder_lib.DecoderConfig, params, trie: trie_lib.SidTrie,
              group_items: jax.Array, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
-             *, beam_size: int, sid_offset: int) -> tuple[jax.Array, jax.Array]:
+             *, beam_size: int,
+             token_map: sid_sequences.SidTokenMap) -> tuple[jax.Array, jax.Array]:
   """Prompts `[batch, T]` -> (item ids int32 `[batch, beam]`, log-probs `[batch, beam]`).
 
   `group_items[leaf]` maps a trie leaf to its representative item; -1 marks missing beams.
+  Log-probs include the token map's terminator tokens (see decoding/beam_search.py).
   """
   chex.assert_equal_shape([tokens, positions, mask])
   result = prompted.beam_search_prompts(config, params, trie, tokens, positions, mask,
-                                        beam_size=beam_size, sid_offset=sid_offset)
+                                        beam_size=beam_size, token_map=token_map)
   items = jnp.where(result.items >= 0, group_items[jnp.maximum(result.items, 0)], -1)
   return items, result.scores
 
@@ -54,17 +59,26 @@ class Recommender:
   """A trained decoder plus the SID catalogue: histories in, ranked items out.
 
   `popularity` `[num_items]` (e.g. `item_lists.train_popularity`) orders the items that share
-  a SID.
+  a SID. `token_map` gives the decoder's SID token ids (and terminator): None means our SID-only
+  vocabulary (`sid_sequences.SidVocab`); a language model extended with SID tokens passes its
+  own (`models.vocab_extension`).
   """
 
   config: decoder_lib.DecoderConfig
   sids: catalogue_lib.SidCatalogue
   prompt_items: int
   popularity: np.ndarray
+  token_map: sid_sequences.SidTokenMap | None = None
 
   def __post_init__(self):
-    self.vocab = sid_sequences.SidVocab(self.sids.num_levels, self.sids.codebook_size)
-    self.item_tokens = self.vocab.item_tokens(self.sids.codes)
+    if self.token_map is None:
+      self.token_map = sid_sequences.SidVocab(self.sids.num_levels,
+                                              self.sids.codebook_size).token_map
+    # On the host, once: inside the jitted search the table is traced and cannot be checked.
+    self.item_tokens = self.token_map.item_tokens(self.sids.codes)
+    if self.token_map.max_id() >= self.config.vocab_size:
+      raise ValueError(f'token id {self.token_map.max_id()} of the token map is outside the '
+                       f'decoder vocabulary of {self.config.vocab_size}')
     groups = np.unique(self.sids.item_to_group)
     self.trie = trie_lib.build_trie(self.sids.codes[groups], self.sids.codebook_size)
     self.group_items = jnp.asarray(groups, jnp.int32)
@@ -87,7 +101,7 @@ class Recommender:
     values) `[batch, k]` (-1: no SID left) and their log-probs `[batch, k]`."""
     items, scores = generate(self.config, params, self.trie, self.group_items,
                              prompts['tokens'], prompts['positions'], prompts['mask'],
-                             beam_size=k, sid_offset=self.vocab.sid_offset)
+                             beam_size=k, token_map=self.token_map)
     return np.asarray(items), np.asarray(scores)
 
 
@@ -128,7 +142,7 @@ def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_
                                          items[r][keep], scores[r][keep], sample_index=index,
                                          split=split))
   metrics = item_lists.level_means(totals, ks, list_length=beam_size)
-  metrics['ppl_token'] = float(np.exp(token_nll / (n * recommender.vocab.num_levels)))
+  metrics['ppl_token'] = float(np.exp(token_nll / (n * recommender.sids.num_levels)))
   metrics['ppl_item'] = float(np.exp(token_nll / n))
   metrics['examples'] = n
   return EvalResult(metrics, rows)

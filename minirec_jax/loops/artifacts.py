@@ -141,6 +141,17 @@ def load_sasrec(workdir: str) -> tuple[sasrec_lib.SASRecConfig, Any]:
   return model_config, _restore(workdir, abstract, config.eval.select_by).params
 
 
+def load_ranker_params(workdir: str, ranker: sasrec_steps.Ranker,
+                       config: ml_collections.ConfigDict) -> Any:
+  """The best params of a train_sasrec workdir's ranker (SASRec, BPR-MF; most popular has no
+  checkpoint: its counts come from the data)."""
+  if config.model.variant == 'pop':
+    return ranker.init(None)
+  abstract = state_lib.abstract(ranker.init, sasrec_steps.optimizer(config.optim),
+                                jax.random.key(0))
+  return _restore(workdir, abstract, config.eval.select_by).params
+
+
 def load_scorer(workdir: str) -> tuple[Callable, Any]:
   """(score_fn, frozen params) of a train_sasrec workdir's SASRec, for the 'collab' reward."""
   model_config, params = load_sasrec(workdir)

@@ -58,7 +58,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = run.mesh
   policy = artifacts.load_policy(config.init_from)
   s, max_history = policy.setup, policy.sft_config.data.max_history
-  vocab = s.recommender.vocab
+  token_map = s.recommender.token_map
   trie = trie_lib.build_trie(s.sids.codes, s.sids.codebook_size, dedupe='first')
   g = config.grpo
   if score_fn is None and g.reward_model:
@@ -71,8 +71,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ref_params = jax.tree.map(jnp.copy, init_params)  # state is donated; ref must not alias it
   weights = dict(g.rewards)
   step_fn = step_lib.make_grpo_step(
-      s.model_config, sid_offset=vocab.sid_offset, codebook_size=vocab.codebook_size,
-      item_to_group=trie.item_to_group, codes_table=trie.codes, weights=weights, beta=g.beta,
+      s.model_config, token_map=token_map, item_to_group=trie.item_to_group,
+      codes_table=trie.codes, weights=weights, beta=g.beta,
       kl_estimator=g.kl_estimator, clip_eps=g.clip_eps, aggregation=g.aggregation,
       adv_ddof=g.adv_ddof, adv_eps=g.adv_eps, sft_weight=g.sft_weight,
       advantage_mode=g.get('advantage', 'group'),
@@ -106,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     roll = rollout_lib.rollout(
         s.model_config, state.params, trie, prompts['tokens'], prompts['positions'],
         prompts['mask'], jnp.asarray(batch['target']), jax.random.fold_in(rng, step),
-        mode=g.rollout, group_size=g.group_size, sid_offset=vocab.sid_offset,
+        mode=g.rollout, group_size=g.group_size, token_map=token_map,
         temperature=g.temperature, add_target=g.add_target)
     jax.block_until_ready(roll)
     t1 = time.perf_counter()

@@ -16,6 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from minirec_jax.data.sid_sequences import SidTokenMap
 from minirec_jax.decoding import prompted
 from minirec_jax.models.decoder import DecoderConfig
 from minirec_jax.semantic_ids.trie import SidTrie
@@ -39,21 +40,24 @@ def _dedupe_keep(items: jax.Array, targets: jax.Array, group_size: int) -> jax.A
   return jax.lax.top_k(priority, group_size)[1]
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'mode', 'group_size', 'sid_offset',
-                                             'temperature', 'oversample', 'add_target'))
+@functools.partial(jax.jit, static_argnames=('config', 'mode', 'group_size', 'temperature',
+                                             'oversample', 'add_target'))
 def rollout(config: DecoderConfig, params, trie: SidTrie, tokens, positions, mask,
-            targets: jax.Array, rng: jax.Array, *, mode: str, group_size: int, sid_offset: int,
-            temperature: float = 1.0, oversample: float = 1.5,
+            targets: jax.Array, rng: jax.Array, *, mode: str, group_size: int,
+            token_map: SidTokenMap, temperature: float = 1.0, oversample: float = 1.5,
             add_target: bool = False) -> Rollout:
-  """Prompts `[B, T]`, targets `[B]` -> Rollout with G = group_size candidates per prompt."""
+  """Prompts `[B, T]`, targets `[B]` -> Rollout with G = group_size candidates per prompt.
+
+  `token_map` gives the vocabulary ids of the SID tokens (and terminator) of the policy.
+  """
   if mode == 'beam':
     result = prompted.beam_search_prompts(config, params, trie, tokens, positions, mask,
-                                          beam_size=group_size, sid_offset=sid_offset)
+                                          beam_size=group_size, token_map=token_map)
     items, codes = result.items, result.codes
   elif mode in ('sample', 'dynamic'):
     draws = group_size if mode == 'sample' else math.ceil(oversample * group_size)
     result = prompted.sample_prompts(config, params, trie, tokens, positions, mask, rng,
-                                     num_samples=draws, sid_offset=sid_offset,
+                                     num_samples=draws, token_map=token_map,
                                      temperature=temperature)
     items, codes = result.items, result.codes
     if mode == 'dynamic':

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from minirec_jax.data.sid_sequences import SidTokenMap
+from minirec_jax.decoding import beam_search
 from minirec_jax.decoding import prompted
 from minirec_jax.models.decoder import DecoderConfig
 from minirec_jax.rl import grpo
@@ -50,14 +52,17 @@ def group_rewards(batch, reward_params, *, weights: dict[str, float], item_to_gr
   return total, {f'reward_{k}': v.mean() for k, v in parts.items()}
 
 
-def make_grpo_step(config: DecoderConfig, *, sid_offset: int, codebook_size: int,
-                   item_to_group: jax.Array, codes_table: jax.Array,
+def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_group: jax.Array,
+                   codes_table: jax.Array,
                    weights: dict[str, float], beta: float = 1e-3, kl_estimator: str = 'k3',
                    clip_eps: float = 0.2, aggregation: str = 'seq_mean_token_mean',
                    adv_ddof: int = 1, adv_eps: float = 1e-4, sft_weight: float = 0.0,
                    advantage_mode: str = 'group', updates_per_rollout: int = 1,
                    score_fn: ScoreFn | None = None, axis_name: str | None = None) -> Callable:
   """Returns the un-jitted pure GRPO step.
+
+  `token_map` gives the vocabulary ids of the candidates' SID tokens (its terminator tokens are
+  not scored: the loss covers the L SID tokens).
 
   `sft_weight > 0` adds that multiple of the target's token-mean NLL to the loss (an SFT anchor,
   as in AdaGRPO); the target is scored in the same pass as the G candidates.
@@ -82,15 +87,14 @@ def make_grpo_step(config: DecoderConfig, *, sid_offset: int, codebook_size: int
       level_rewards = prefix_hit.at[..., -1].set(reward)
     advantages = grpo.token_advantages(reward, codes, items >= 0, mode=advantage_mode,
                                        level_rewards=level_rewards, ddof=adv_ddof, eps=adv_eps)
-    completion = (sid_offset + jnp.arange(num_levels) * codebook_size
-                  + jnp.maximum(codes, 0))
+    table = beam_search.token_ids(token_map)
+    completion = table[jnp.arange(num_levels), jnp.maximum(codes, 0)]
     prompt = (batch['tokens'], batch['positions'], batch['mask'])
     valid = jnp.broadcast_to((items >= 0).reshape(b * g, 1), (b * g, num_levels))
     ref_lp = jax.lax.stop_gradient(
         prompted.completion_log_probs(config, ref_params, *prompt, completion))
 
-    target_completion = (sid_offset + jnp.arange(num_levels) * codebook_size
-                         + codes_table[batch['target']])
+    target_completion = table[jnp.arange(num_levels), codes_table[batch['target']]]
     scored = (jnp.concatenate([completion, target_completion[:, None]], axis=1) if sft_weight
               else completion)
 

@@ -119,8 +119,7 @@ def hf_beam_search(model, prompts: dict[str, np.ndarray], table, *, beam: int,
 
 def tokens_to_items(rec: generative.Recommender, sid_tokens: np.ndarray) -> np.ndarray:
   """SID tokens `[..., L]` -> representative item ids `[...]` (-1 off the catalogue)."""
-  levels = np.arange(rec.vocab.num_levels) * rec.vocab.codebook_size
-  codes = sid_tokens - rec.vocab.sid_offset - levels
+  codes = rec.token_map.token_codes(sid_tokens)
   leaves = np.asarray(trie_lib.codes_to_items(rec.trie, jnp.asarray(codes, jnp.int32)))
   return np.where(leaves >= 0, np.asarray(rec.group_items)[np.maximum(leaves, 0)], -1)
 

@@ -1,0 +1,1 @@
+"""Serving trained models: recommendations for new histories (files now; HTTP next)."""
