@@ -15,7 +15,6 @@ import ml_collections
 import numpy as np
 
 from minirec_jax.data import pipeline
-from minirec_jax.evaluation import predictions
 from minirec_jax.infra import metric_logging
 from minirec_jax.loops import artifacts
 from minirec_jax.loops import run as run_lib
@@ -141,6 +140,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ckpts.close()
     report_params, report_step = state.params, int(state.step)
   results = {'report_step': report_step, 'timing': step_timing(times)}
-  predictions.save_item_groups(run.path(predictions.ITEM_GROUPS_FILE), s.sids.item_to_group)
   results.update(sft_loop.report_splits(config, workdir, s, report_params))
   return run.finish(config.train.steps, results)

@@ -8,6 +8,7 @@ generative evaluation by `config.eval` that GRPO and experiments/evaluate.py sha
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from minirec_jax.data import pipeline
 from minirec_jax.data import sid_sequences
 from minirec_jax.evaluation import generative
 from minirec_jax.evaluation import item_lists
+from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
 from minirec_jax.infra import distributed
 from minirec_jax.infra import metric_logging
@@ -220,7 +222,10 @@ def report_splits(config: ml_collections.ConfigDict, workdir: str, s: SftSetup,
                   params) -> dict[str, dict]:
   """Beam-search evaluation of valid and test by `config.eval` (the first
   `report_max_examples` rows; 0: all), each split's predictions file written into `workdir`;
-  returns {split: metrics}."""
+  returns {split: metrics}. Also writes the SID groups (`predictions.ITEM_GROUPS_FILE`), with
+  which the files' SID-level metrics are recomputed."""
+  predictions.save_item_groups(os.path.join(workdir, predictions.ITEM_GROUPS_FILE),
+                               s.sids.item_to_group)
   results = {}
   for split in ('valid', 'test'):
     result = evaluate(s, params, config.eval, split, config.eval.report_max_examples,
