@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+from minirec_jax.infra import io_utils
+
 
 class DataError(ValueError):
   """Bad or missing input data.
@@ -112,4 +114,19 @@ def invalid_utf8(path: str | os.PathLike, csv_header: bool = False) -> DataError
                      path=path, line=raw.count(b'\n', 0, exc.start) + 1, field=field,
                      value=text)
   return DataError('not valid UTF-8', path=path)
+
+
+def json_lines(path: str | os.PathLike):
+  """Yields (line number, parsed value) of each non-blank line of a JSONL file (gzipped when
+  the name ends in '.gz'); a line that is not JSON is a DataError naming it."""
+  path = require_file(path, 'JSONL file')
+  with io_utils.open_text(path) as f:
+    for line, text in enumerate(f, start=1):
+      if not text.strip():
+        continue
+      try:
+        yield line, json.loads(text)
+      except json.JSONDecodeError as exc:
+        raise DataError(f'invalid JSON: {exc.msg} (column {exc.colno})', path=path, line=line,
+                        field='(line)', value=text.rstrip('\n')) from None
 

@@ -25,14 +25,13 @@ first problem. `file_metrics` recomputes the ranking metrics of a file
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from minirec_jax.data.errors import DataError, require_file
+from minirec_jax.data.errors import DataError, json_lines, require_file
 from minirec_jax.evaluation import item_lists
 from minirec_jax.evaluation import ranking
 from minirec_jax.infra import io_utils
@@ -128,16 +127,8 @@ def write(path: str | os.PathLike, rows: Iterable[dict]) -> int:
 
 def _read_numbered(path: str) -> Iterator[tuple[int, dict]]:
   require_file(path, 'predictions file')
-  with io_utils.open_text(path) as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as exc:
-        raise DataError(f'invalid JSON: {exc.msg} (column {exc.colno})', path=path,
-                        line=line_no, field=WHOLE_LINE, value=line.rstrip('\n')) from None
-      yield line_no, validate_row(row, path, line_no)
+  for line_no, row in json_lines(path):
+    yield line_no, validate_row(row, path, line_no)
 
 
 def read(path: str | os.PathLike) -> Iterator[dict]:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
-import json
 from typing import Callable
 
 import jax
 import numpy as np
 
-from minirec_jax.data.errors import DataError, require_file
+from minirec_jax.data.errors import DataError, json_lines, require_file
 from minirec_jax.infra import io_utils
 from minirec_jax.loops import artifacts
 from minirec_jax.loops import sasrec as sasrec_loop
@@ -85,19 +84,11 @@ class Histories:
 def _rows(path: str):
   """(line number, user_id field, history field value or text) of each input row."""
   if path.endswith('.jsonl'):
-    with open(path, encoding='utf-8') as f:
-      for line, text in enumerate(f, start=1):
-        if not text.strip():
-          continue
-        try:
-          row = json.loads(text)
-        except json.JSONDecodeError as exc:
-          raise DataError(f'invalid JSON: {exc.msg}', path=path, line=line, field='(line)',
-                          value=text.rstrip('\n')) from None
-        if not isinstance(row, dict):
-          raise DataError('expected a JSON object', path=path, line=line, field='(line)',
-                          value=row)
-        yield line, row.get('user_id'), row.get('history')
+    for line, row in json_lines(path):
+      if not isinstance(row, dict):
+        raise DataError('expected a JSON object', path=path, line=line, field='(line)',
+                        value=row)
+      yield line, row.get('user_id'), row.get('history')
   elif path.endswith('.csv'):
     with open(path, encoding='utf-8', newline='') as f:
       reader = csv.DictReader(f)
