@@ -1,7 +1,12 @@
 """GRPO fine-tuning of an SFT checkpoint.
 
   python experiments/train_grpo.py --config configs/grpo.py \
-      --config.init_from=workdirs/sft_industrial --workdir workdirs/grpo_industrial
+      --config.init_from=workdirs/sft_industrial \
+      --config.grpo.reward_model=workdirs/sasrec_industrial_recbole \
+      --workdir workdirs/grpo_industrial
+
+The default recipe's collaborative reward needs a train_sasrec workdir (`grpo.reward_model`);
+`--config.grpo.rewards.collab=0 --config.optim.lr=1e-5` is the official recipe without it.
 """
 
 from absl import app

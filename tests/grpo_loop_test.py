@@ -91,6 +91,15 @@ def test_best_report_keeps_the_valid_best_step(sft_workdir, tmp_path, monkeypatc
   assert results['test']['examples'] > 0
 
 
+def test_collaborative_reward_without_a_model_fails_before_training(sft_workdir, tmp_path):
+  config = load_config(os.path.join(REPO, 'configs', 'grpo.py'))
+  config.init_from = sft_workdir
+  assert config.grpo.rewards.collab > 0 and not config.grpo.reward_model  # the defaults
+  with pytest.raises(ValueError, match='needs a collaborative model'):
+    grpo_loop.train_and_evaluate(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
 def test_sft_refuses_to_select_on_test(tmp_path):
   config = load_config(os.path.join(REPO, 'configs', 'sft.py') + ':dataset=industrial,tiny')
   config.eval.split = 'test'

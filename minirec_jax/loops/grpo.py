@@ -53,6 +53,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   if config.eval.report not in ('best', 'last'):
     raise ValueError(f"config.eval.report must be 'best' or 'last', got {config.eval.report!r}")
+  if config.grpo.rewards.collab and score_fn is None and not config.grpo.reward_model:
+    raise ValueError('grpo.rewards.collab > 0 needs a collaborative model: set '
+                     'grpo.reward_model to a train_sasrec workdir (e.g. variant=recbole), or '
+                     'grpo.rewards.collab=0 for the official rule + rank rewards')
   run = run_lib.start(config, workdir)
   mesh = run.mesh
   policy = artifacts.load_policy(config.init_from)
