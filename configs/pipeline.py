@@ -6,11 +6,12 @@ defaults, i.e. the paper's recipe; default quick for ml100k/ml100k_loo/synthetic
 industrial/office), tiny (synthetic data and tiny models: a test-sized run).
 
 The sections are the stage configs (configs/{dataset,tokenizer,sft,sasrec,grpo}.py; popularity
-is configs/sasrec.py with variant=pop) and every field is overridable, e.g. `--config.sft.train.epochs=3 --config.grpo.train.steps=20`. All
-stages share one data section: `config.dataset.data` is the same object as `config.sft.data`
-etc., so overriding it through any of them changes it for every stage. Paths left empty are
+is configs/sasrec.py with variant=pop) and every field is overridable, e.g.
+`--config.sft.train.epochs=3 --config.grpo.train.steps=20`. All stages share one data section:
+`config.dataset.data` is the same object as `config.sft.data` etc., so overriding it through
+any of them changes it for every stage. Paths left empty are
 filled with this pipeline's own stage folders (sft.sids.path, grpo.init_from, and
-grpo.grpo.reward_model when grpo.grpo.rewards.collab > 0).
+grpo.grpo.reward_model, this pipeline's SASRec, when grpo.grpo.rewards.collab > 0).
 """
 
 import ml_collections
