@@ -3,7 +3,9 @@
 Arguments (comma-separated): dataset (a config_utils.data_config preset; default ml100k, or
 synthetic with tiny), scale ('quick': reduced sizes for a CPU run; 'paper': the stage configs'
 defaults, i.e. the paper's recipe; default quick for ml100k/ml100k_loo/synthetic, paper for
-industrial/office), tiny (synthetic data and tiny models: a test-sized run).
+industrial/office), tiny (synthetic data and tiny models: a test-sized run), backbone (the SFT
+and GRPO policy is a pretrained language model extended with SID tokens: 'smollm2-135m',
+'gguf:<file>' or 'hf:<folder>'; see configs/sft.py).
 
 The sections are the stage configs (configs/{dataset,tokenizer,sft,sasrec,grpo}.py; popularity
 is configs/sasrec.py with variant=pop) and every field is overridable, e.g.
@@ -40,7 +42,7 @@ def _quick(config: ml_collections.ConfigDict) -> None:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, dataset='', scale='', tiny=False)
+  args = parse_arg(arg, dataset='', scale='', tiny=False, backbone='')
   dataset = args['dataset'] or ('synthetic' if args['tiny'] else 'ml100k')
   scale = args['scale'] or ('paper' if dataset in _PAPER_DATASETS else 'quick')
   if scale not in ('quick', 'paper'):
@@ -52,7 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # tiny: RQ-KMeans needs no compilation, which would dominate the RQ-VAE's tiny run.
   method = 'rqkmeans' if tiny else 'rqvae'
   config.tokenizer = load_config(f'configs/tokenizer.py:dataset={dataset},method={method}{tiny}')
-  config.sft = load_config(f'configs/sft.py:dataset={dataset},sids=tokenizer{tiny}')
+  backbone = f',backbone={args["backbone"]}' if args['backbone'] else ''
+  config.sft = load_config(f'configs/sft.py:dataset={dataset},sids=tokenizer{backbone}{tiny}')
   # SASRec in the RecBole configuration: the stronger baseline row, and the collaborative
   # reward model GRPO's default recipe was chosen with (official: variant=official).
   config.sasrec = load_config(f'configs/sasrec.py:dataset={dataset},variant=recbole{tiny}')

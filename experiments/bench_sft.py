@@ -1,11 +1,16 @@
 """SFT speed: seconds per epoch over Industrial train and model FLOPs utilisation (MFU).
 
   python experiments/bench_sft.py [--variants=S,M] [--steps=20] [--output=docs/bench/sft.json]
+  python experiments/bench_sft.py --variants= --backbones=smollm2-135m \
+      [--output=docs/bench/sft_llm.json]
 
-The peak is measured in the same run: the best of several large float32 matmuls (jitted
-jnp.dot, 2*n^3 FLOPs each) on this machine. MFU = achieved model FLOPs / that peak, where the
-model FLOPs of a step are train_flops_per_token x tokens in the step (every slot of the
-packed batch, padding included, since it is computed).
+`--variants` are our decoders from scratch, `--backbones` pretrained language models with SID
+tokens (configs/sft.py:backbone=..., its default short next-SID template and batch). The peak
+is measured in the same run: the best of several large float32 matmuls (jitted jnp.dot, 2*n^3
+FLOPs each) on this machine. MFU = achieved model FLOPs / that peak, where the model FLOPs of a
+step are train_flops_per_token x tokens in the step (every slot of the packed batch, padding
+included, since it is computed), except that a language model's LM head runs only at its
+target positions and is counted there only.
 """
 
 import json
@@ -27,6 +32,8 @@ from minirec_jax.training import parallel
 from minirec_jax.training import sft
 
 _VARIANTS = flags.DEFINE_list('variants', ['S', 'M'], 'Model variants to time.')
+_BACKBONES = flags.DEFINE_list('backbones', [], 'Pretrained backbones to time (configs/sft.py '
+                               'backbone=...).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per variant (after 3 warm-up steps).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
@@ -45,37 +52,43 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 / best
 
 
-def time_variant(variant: str, steps: int) -> dict:
-  config = load_config(f'configs/sft.py:dataset=industrial,variant={variant}')
+def time_config(name: str, config_arg: str, steps: int) -> dict:
+  config = load_config(f'configs/sft.py:dataset=industrial,{config_arg}')
   s = sft_loop.setup(config)
   train, _ = sft_loop.pack_splits(config, s)
   mesh = parallel.make_mesh()
   batch_size = config.train.batch_size
-  steps_per_epoch = len(train) // batch_size
+  steps_per_epoch = len(train['tokens']) // batch_size
   state = sft_loop.init_state(s, config, steps_per_epoch, jax.random.key(0))
   step = parallel.jit_data_parallel(sft.make_sft_step(sft.decoder_apply_fn(s.model)), mesh)
-  batches = iter(pipeline.array_batches(sft_loop.packed_arrays(train), batch_size, seed=0,
-                                        num_epochs=None))
+  batches = iter(pipeline.array_batches(train, batch_size, seed=0, num_epochs=None))
   rng = jax.random.key(0)
+  head_positions = 0
 
   def run(n):
-    nonlocal state
+    nonlocal state, head_positions
     for _ in range(n):
       batch = next(batches)
       batch.pop('valid')
+      head_positions += batch['target_positions'].size if 'target_positions' in batch else 0
       state, metrics = step(state, parallel.shard_batch(batch, mesh), rng)
     jax.block_until_ready(metrics)
 
   run(3)
+  head_positions = 0
   start = time.perf_counter()
   run(steps)
   per_step = (time.perf_counter() - start) / steps
   flops = decoder_lib.flops_per_token(s.model_config, config.train.seq_len)
   tokens = batch_size * config.train.seq_len
-  return {'variant': variant, 'width': s.model_config.width, 'depth': s.model_config.depth,
-          **decoder_lib.count_params(s.model_config), 'seconds_per_step': per_step,
+  step_flops = flops['train_flops_per_token'] * tokens
+  if head_positions:  # the head ran at the target slots only
+    step_flops -= flops['train_head_flops_per_token'] * (tokens - head_positions / steps)
+  return {'variant': name, 'width': s.model_config.width, 'depth': s.model_config.depth,
+          **decoder_lib.count_params(s.model_config), 'seq_len': config.train.seq_len,
+          'batch_size': batch_size, 'seconds_per_step': per_step,
           'steps_per_epoch': steps_per_epoch, 'seconds_per_epoch': per_step * steps_per_epoch,
-          'model_flops_per_s': flops['train_flops_per_token'] * tokens / per_step}
+          'tokens_per_s': tokens / per_step, 'model_flops_per_s': step_flops / per_step}
 
 
 def main(argv):
@@ -83,8 +96,10 @@ def main(argv):
   del argv
   peak = matmul_peak_flops()
   rows = []
-  for variant in _VARIANTS.value:
-    row = time_variant(variant, _STEPS.value)
+  runs = [(v, f'variant={v}') for v in _VARIANTS.value]
+  runs += [(b, f'backbone={b}') for b in _BACKBONES.value]
+  for variant, config_arg in runs:
+    row = time_config(variant, config_arg, _STEPS.value)
     row['mfu'] = row['model_flops_per_s'] / peak
     rows.append(row)
     print(f"{variant}: width {row['width']}, {row['params']:,} params, "

@@ -15,7 +15,6 @@ import jax
 import numpy as np
 import pytest
 import tokenizers
-from safetensors.numpy import save_file
 
 from minirec_jax.data import text_tokenizer
 from minirec_jax.data.errors import DataError
@@ -23,6 +22,7 @@ from minirec_jax.models import checkpoints
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import hf_convert
 from minirec_jax.models import variants
+from minirec_jax.testing import tiny_llm
 
 Q = gguf.GGMLQuantizationType
 
@@ -32,54 +32,6 @@ def _config(arch, **overrides):
                 rope_theta=1e4, rms_eps=1e-5, qkv_bias=arch == 'qwen2',
                 tie_embeddings=arch == 'qwen2', max_len=128)
   return decoder_lib.DecoderConfig(**{**fields, **overrides})
-
-
-def _random_state(config, seed=0):
-  """HF-named float32 tensors for every parameter (norm weights around 1)."""
-  rng = np.random.default_rng(seed)
-  params = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(np.float32),
-                        decoder_lib.abstract_params(config))
-  state = hf_convert.params_to_hf_state_dict(params, config)
-  return {k: v + 1 if k.endswith('norm.weight') else v for k, v in state.items()}
-
-
-def _hf_config_json(config, arch):
-  """config.json as transformers writes it (the fields our loader maps, plus some it ignores)."""
-  c = {'architectures': ['Qwen2ForCausalLM' if arch == 'qwen2' else 'LlamaForCausalLM'],
-       'model_type': arch, 'hidden_act': 'silu', 'hidden_size': config.width,
-       'intermediate_size': config.mlp_dim, 'num_hidden_layers': config.depth,
-       'num_attention_heads': config.num_heads, 'num_key_value_heads': config.num_kv_heads,
-       'max_position_embeddings': config.max_len, 'rms_norm_eps': config.rms_eps,
-       'rope_theta': config.rope_theta, 'rope_scaling': None,
-       'tie_word_embeddings': config.tie_embeddings, 'vocab_size': config.vocab_size,
-       'torch_dtype': 'float32', 'initializer_range': 0.02, 'use_cache': True}
-  if arch == 'qwen2':
-    c.update(use_sliding_window=False, sliding_window=4096, max_window_layers=21)
-  else:
-    c.update(attention_bias=False, mlp_bias=False, head_dim=config.head_dim)
-  return c
-
-
-def _write_json(path, obj):
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(obj, f)
-
-
-def _write_hf_directory(folder, config, arch, state, shards=1):
-  os.makedirs(folder, exist_ok=True)
-  _write_json(os.path.join(folder, 'config.json'), _hf_config_json(config, arch))
-  if shards == 1:
-    save_file(state, os.path.join(folder, 'model.safetensors'))
-    return
-  names = sorted(state)
-  weight_map = {}
-  for i in range(shards):
-    shard = f'model-{i + 1:05d}-of-{shards:05d}.safetensors'
-    part = names[i::shards]
-    save_file({n: state[n] for n in part}, os.path.join(folder, shard))
-    weight_map.update({n: shard for n in part})
-  _write_json(os.path.join(folder, 'model.safetensors.index.json'),
-              {'metadata': {'total_size': 0}, 'weight_map': weight_map})
 
 
 @functools.cache
@@ -102,11 +54,11 @@ def _assert_same_model(config, loaded, expected, rtol=0.0):
 @pytest.mark.parametrize('arch,shards,bf16', [('llama', 2, False), ('qwen2', 1, True)])
 def test_hf_directory_loads_llama_and_qwen2(tmp_path, arch, shards, bf16):
   config = _config(arch)
-  state = _random_state(config)
+  state = tiny_llm.random_state(config)
   if bf16:  # as most published checkpoints are stored
     import ml_dtypes  # pylint: disable=g-import-not-at-top
     state = {k: v.astype(ml_dtypes.bfloat16) for k, v in state.items()}
-  _write_hf_directory(str(tmp_path), config, arch, state, shards)
+  tiny_llm.write_hf_directory(str(tmp_path), config, arch, state, shards)
   loaded_config, params = checkpoints.load_hf_directory(str(tmp_path))
   assert loaded_config == config
   assert checkpoints.load_hf_directory(str(tmp_path), dtype='bfloat16')[0].dtype == 'bfloat16'
@@ -125,27 +77,16 @@ def test_official_minionerec_directory_loads_unchanged(tmp_path):
   # Base byte-level BPE: the 256 byte symbols, three merges and three special tokens; its
   # embedding is padded to 272 rows, and the 12 SID tokens get ids 262..273: 262..271 reuse
   # padded rows, 272..273 grow the matrix (to 274 = len(tokenizer)).
-  alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
-  specials = ['<|endoftext|>', '<|im_start|>', '<|im_end|>']
-  vocab = {t: i for i, t in enumerate(specials + alphabet + ['Ġt', 'he', 'Ġthe'])}
-  base = tokenizers.Tokenizer(tokenizers.models.BPE(
-      vocab, [('Ġ', 't'), ('h', 'e'), ('Ġt', 'he')]))
-  base.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-  base.decoder = tokenizers.decoders.ByteLevel()
-  base.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
-                           for t in specials])
+  base = tiny_llm.byte_level_tokenizer()
   assert base.get_vocab_size() == 262
   sids = _sid_tokens()
   base.add_tokens([tokenizers.AddedToken(t, normalized=False) for t in sids])
   config = _config('qwen2', vocab_size=274)
-  state = _random_state(config)
+  state = tiny_llm.random_state(config)
   folder = str(tmp_path)
-  _write_hf_directory(folder, config, 'qwen2', state)
-  base.save(os.path.join(folder, 'tokenizer.json'))
-  _write_json(os.path.join(folder, 'tokenizer_config.json'), {
-      'eos_token': '<|im_end|>', 'pad_token': '<|endoftext|>', 'bos_token': None,
-      'model_max_length': 131072, 'chat_template': '{{ messages }}'})
-  _write_json(os.path.join(folder, 'generation_config.json'), {'eos_token_id': 2})
+  tiny_llm.write_hf_directory(folder, config, 'qwen2', state)
+  tiny_llm.write_tokenizer(folder, base)
+  tiny_llm.write_json(os.path.join(folder, 'generation_config.json'), {'eos_token_id': 2})
 
   loaded_config, params = checkpoints.load_hf_directory(folder)
   assert loaded_config == config
@@ -332,7 +273,7 @@ def test_gguf_llama_with_quantised_tensors_loads(tmp_path):
   # width 256 so that every tensor's rows hold whole K-quant blocks.
   config = _config('llama', width=256, depth=1, mlp_dim=256, num_heads=4, num_kv_heads=2)
   rng = np.random.default_rng(0)
-  state = _random_state(config)
+  state = tiny_llm.random_state(config)
   kinds = {'q_proj': Q.Q8_0, 'k_proj': Q.Q4_0, 'v_proj': Q.Q4_1, 'o_proj': Q.F16,
            'up_proj': Q.BF16, 'lm_head': Q.Q8_0}
   tensors, expected = {}, {}
@@ -365,7 +306,7 @@ def test_gguf_llama_with_quantised_tensors_loads(tmp_path):
 
 def test_gguf_qwen2_keeps_hf_layout_and_biases(tmp_path):
   config = _config('qwen2')
-  state = _random_state(config)
+  state = tiny_llm.random_state(config)
   path = str(tmp_path / 'qwen.gguf')
   _write_gguf(path, 'qwen2', config, {_gguf_name(k): v for k, v in state.items()})
   loaded_config, params = checkpoints.load_gguf(path)
@@ -390,9 +331,9 @@ def test_directory_without_config_json(tmp_path):
 ])
 def test_unsupported_hf_config(tmp_path, field, value, message):
   config = _config('qwen2')
-  _write_hf_directory(str(tmp_path), config, 'qwen2', _random_state(config))
+  tiny_llm.write_hf_directory(str(tmp_path), config, 'qwen2', tiny_llm.random_state(config))
   path = tmp_path / 'config.json'
-  _write_json(path, {**json.loads(path.read_text()), field: value})
+  tiny_llm.write_json(path, {**json.loads(path.read_text()), field: value})
   with pytest.raises(DataError) as info:
     checkpoints.load_hf_directory(str(tmp_path))
   assert str(info.value).startswith(f"{path}: field '{field}' = {value!r}: ")
@@ -401,9 +342,9 @@ def test_unsupported_hf_config(tmp_path, field, value, message):
 
 def test_hf_tensor_that_does_not_fit_the_config(tmp_path):
   config = _config('llama')
-  state = _random_state(config)
+  state = tiny_llm.random_state(config)
   state['model.embed_tokens.weight'] = state['model.embed_tokens.weight'][:60]
-  _write_hf_directory(str(tmp_path), config, 'llama', state)
+  tiny_llm.write_hf_directory(str(tmp_path), config, 'llama', state)
   with pytest.raises(DataError, match=f"{tmp_path}: field 'model.embed_tokens.weight' = "
                      r'\(60, 32\): .*expected \(64, 32\)'):
     checkpoints.load_hf_directory(str(tmp_path))
@@ -411,7 +352,7 @@ def test_hf_tensor_that_does_not_fit_the_config(tmp_path):
 
 def test_gguf_with_an_unsupported_quantisation_type(tmp_path):
   config = _config('llama', width=256, depth=1, mlp_dim=256)
-  state = _random_state(config)
+  state = tiny_llm.random_state(config)
   tensors = {_gguf_name(k): v for k, v in state.items()}
   tensors['blk.0.ffn_up.weight'] = (np.zeros((256, 176), np.uint8), Q.Q5_K)
   path = str(tmp_path / 'q5k.gguf')

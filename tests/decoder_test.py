@@ -335,7 +335,8 @@ def test_width_override_and_flops():
   attn, mlp = 32 * 8 * (2 * 4 + 2 * 2), 3 * 32 * 64
   forward = 2 * (2 * (attn + mlp) + 32 * VOCAB) + 4 * 2 * 16 * 4 * 8
   assert decoder_lib.flops_per_token(c, 16) == {'forward_flops_per_token': forward,
-                                                'train_flops_per_token': 3 * forward}
+                                                'train_flops_per_token': 3 * forward,
+                                                'train_head_flops_per_token': 6 * 32 * VOCAB}
 
 
 def test_config_errors():

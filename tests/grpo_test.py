@@ -196,6 +196,26 @@ def test_sft_anchor_adds_the_weighted_target_nll():
   np.testing.assert_allclose(losses[0.5]['loss'] - losses[0.0]['loss'], 0.5 * nll, rtol=1e-4)
 
 
+def test_terminator_tokens_are_part_of_the_scored_completion():
+  # A language model ends each SID with terminator tokens ('\n', eos); here token 0 plays
+  # both. The anchor's target NLL must then average over the L SID tokens and the two.
+  codes, vocab, config, trie, prompts, positions, mask, params = _toy()
+  targets = jnp.arange(8) % 12
+  token_map = ss.SidTokenMap(vocab.token_map.table, (0, 0))
+  batch = _beam_batch(config, params, trie, prompts, positions, mask, targets, vocab)
+  step = jax.jit(step_lib.make_grpo_step(
+      config, token_map=token_map, item_to_group=trie.item_to_group, codes_table=trie.codes,
+      weights={'rule': 1.0}, sft_weight=1.0))
+  state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.0))
+  metrics = step(state, params, None, batch, jax.random.key(0))[1]
+  sid_tokens = jnp.asarray(vocab.item_tokens(codes)[np.asarray(targets)])
+  completion = jnp.concatenate([sid_tokens, jnp.zeros((8, 2), jnp.int32)], axis=1)
+  nll = -float(_log_probs(config, params, prompts, positions, mask, completion).mean())
+  np.testing.assert_allclose(metrics['target_nll'], nll, rtol=1e-5)
+  sid_only = -float(_log_probs(config, params, prompts, positions, mask, sid_tokens).mean())
+  assert abs(nll - sid_only) > 1e-3
+
+
 def test_sibling_advantages_compare_tokens_that_share_a_prefix():
   # One group of 4 candidates, SIDs of 2 codes; rewards 1, 0, 0, 3.
   codes = jnp.array([[[0, 1], [0, 2], [1, 5], [1, 6]]])

@@ -239,14 +239,15 @@ def _row_example(task: str, cat: _Catalogue, history: list[int], target: int, ro
     answer = cat.sid(target)
   else:
     answer = cat.title_of_sid(target) if task == 'sid_history_title' else cat.title(target)
+  if task == 'next_sid':
+    return Example(task, tuple((piece, False) for piece in next_sid_prompt(shown, wording))
+                   + ((answer + '\n', True),), (row,))
   if wording == 'short':
-    instruction = _SHORT['next_sid' if task in ('next_sid', 'title_history_sid') else 'next_title']
+    instruction = _SHORT['next_sid' if task == 'title_history_sid' else 'next_title']
     text = ''.join(shown) if sid_history else ''.join(t + '\n' for t in shown)
     # A SID history asked for a title ends its line; next_sid's answer follows it directly.
     return _short_example(task, instruction + text + ('\n' if task == 'sid_history_title' else ''),
                           answer, row)
-  if task == 'next_sid':
-    return _official_example(task, _NEXT_SID_INSTRUCTION, next_sid_input(shown), answer, row)
   if task == 'sid_history_title':
     user_input = (f'The user has sequentially interacted with items {", ".join(shown)}. Can you '
                   'recommend the next item for him? Tell me the title of the item')
@@ -265,6 +266,51 @@ def next_sid_input(history_sids: Sequence[str]) -> str:
   """The official next-SID input text (SFT task 1 and the RL SID-history prompts)."""
   return (f'The user has interacted with items {", ".join(history_sids)} in chronological '
           'order. Can you predict the next possible item that the user may expect?')
+
+
+def next_sid_prompt(history_sids: Sequence[str], wording: str) -> tuple[str, ...]:
+  """Task next_sid's prompt as the text pieces that are encoded one by one."""
+  if wording == 'short':
+    return (_SHORT['next_sid'] + ''.join(history_sids),)
+  return (official_header(_NEXT_SID_INSTRUCTION), official_body(next_sid_input(history_sids)))
+
+
+@dataclasses.dataclass(eq=False)
+class NextSidPrompts:
+  """Left-padded next-SID prompts of a language model, token for token the training prompt of
+  task next_sid in `wording` (a chained short example's prompt too: its SIDs follow one
+  another, so every target sees the same tokens as here).
+
+  `__call__(history [batch, H], history_len [batch])` -> tokens, positions, mask
+  `[batch, width]` (`sid_sequences.left_pad`) of each history's last `max_items` items. SID
+  tokens are atomic and the separators fixed, so a prompt's length depends only on its number
+  of items: `width`, the length with `max_items` items, fits every prompt, and a jitted
+  decoder sees one prompt shape.
+  """
+
+  items: ItemTable
+  tokenizer: TextTokenizer
+  wording: str
+  max_items: int
+
+  def __post_init__(self):
+    if self.wording not in WORDINGS:
+      raise DataError(f'unknown wording (known: {WORDINGS})', field='wording', value=self.wording)
+    self._catalogue = _Catalogue(self.items, 'next-SID prompts')
+    self.width = len(self.ids([[0] * self.max_items])[0])
+
+  def ids(self, histories: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """int32 prompt token ids per history (item ids, oldest first)."""
+    prompts = [next_sid_prompt([self._catalogue.sid(int(i)) for i in h], self.wording)
+               for h in histories]
+    texts = list({piece: None for prompt in prompts for piece in prompt})
+    encoded = dict(zip(texts, self.tokenizer.encode_batch(texts, add_special_tokens=False)))
+    return [np.asarray([t for piece in prompt for t in encoded[piece]], np.int32)
+            for prompt in prompts]
+
+  def __call__(self, history: np.ndarray, history_len: np.ndarray) -> dict[str, np.ndarray]:
+    return sid_sequences.left_pad(
+        self.ids(sid_sequences.recent_items(history, history_len, self.max_items)), self.width)
 
 
 def _chained_next_sid(cat: _Catalogue, rows: Sequence[Mapping],

@@ -264,6 +264,35 @@ def segment_attention_mask(segment_ids: np.ndarray) -> np.ndarray:
   return same & causal & (segment_ids[..., :, None] > 0)
 
 
+def left_pad(sequences: Sequence[np.ndarray], width: int | None = None) -> dict[str, np.ndarray]:
+  """Token sequences as left-padded prompts.
+
+  Args:
+    sequences: int token ids per row.
+    width: columns (default: the longest sequence); longer sequences raise.
+  Returns:
+    tokens `[batch, width]` (PAD on the left), positions `[batch, width]` (0 at the first real
+    token), mask `[batch, width]` (True on real tokens).
+  """
+  lengths = [len(seq) for seq in sequences]
+  width = max(lengths, default=0) if width is None else width
+  if max(lengths, default=0) > width:
+    raise ValueError(f'a prompt of {max(lengths)} tokens does not fit {width} columns')
+  tokens = np.full((len(sequences), width), PAD_TOKEN, np.int32)
+  mask = np.zeros((len(sequences), width), bool)
+  for b, seq in enumerate(sequences):
+    if len(seq):
+      tokens[b, width - len(seq):] = seq
+      mask[b, width - len(seq):] = True
+  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+  return {'tokens': tokens, 'positions': positions, 'mask': mask}
+
+
+def recent_items(history: np.ndarray, history_len: np.ndarray, max_items: int) -> list[np.ndarray]:
+  """The last `max_items` real items of each padded history `[batch, H]` (oldest first)."""
+  return [history[b, max(0, int(n) - max_items):int(n)] for b, n in enumerate(history_len)]
+
+
 def history_prompts(history: np.ndarray, history_len: np.ndarray, item_tokens: np.ndarray,
                     max_items: int) -> dict[str, np.ndarray]:
   """Left-padded prompts from padded histories (the pipeline's batch format).
@@ -274,19 +303,8 @@ def history_prompts(history: np.ndarray, history_len: np.ndarray, item_tokens: n
     item_tokens: `[num_items, L]`.
     max_items: prompt length in items (the most recent `max_items` are kept).
   Returns:
-    tokens `[batch, max_items*L]` (PAD on the left), positions `[batch, max_items*L]`
-    (0 at the first real token), mask `[batch, max_items*L]` (True on real tokens).
+    `left_pad` of the items' tokens, `max_items * L` columns wide.
   """
-  batch = history.shape[0]
-  num_levels = item_tokens.shape[1]
-  width = max_items * num_levels
-  tokens = np.full((batch, width), PAD_TOKEN, np.int32)
-  mask = np.zeros((batch, width), bool)
-  for b in range(batch):
-    n = int(history_len[b])
-    items = history[b, max(0, n - max_items):n]
-    seq = item_tokens[items].reshape(-1)
-    tokens[b, width - len(seq):] = seq
-    mask[b, width - len(seq):] = True
-  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-  return {'tokens': tokens, 'positions': positions, 'mask': mask}
+  seqs = [item_tokens[items].reshape(-1) for items in recent_items(history, history_len,
+                                                                   max_items)]
+  return left_pad(seqs, max_items * item_tokens.shape[1])

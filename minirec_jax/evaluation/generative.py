@@ -1,7 +1,7 @@
 """Evaluating and serving the generative recommender: trie-constrained beam search.
 
-For every sample the prompt is its last <= `prompt_items` history items as SID tokens (or any
-prompt tokens `Recommender.rank` is given, e.g. a language model's text prompt); the model
+For every sample the prompt is its last <= `prompt_items` history items as SID tokens (or a
+language model's text prompt of them, `Recommender.prompt_fn`); the model
 generates `beam_size` distinct catalogue SIDs ranked by log-probability, reading the SID token
 ids (and the terminator a language model ends a SID with) from the recommender's token map.
 Each SID then stands for its items (several when items share a SID, most popular first:
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import chex
 import jax
@@ -61,7 +61,9 @@ class Recommender:
   `popularity` `[num_items]` (e.g. `item_lists.train_popularity`) orders the items that share
   a SID. `token_map` gives the decoder's SID token ids (and terminator): None means our SID-only
   vocabulary (`sid_sequences.SidVocab`); a language model extended with SID tokens passes its
-  own (`models.vocab_extension`).
+  own (`models.vocab_extension`), and its `prompt_fn` (history `[batch, H]`, history_len
+  `[batch]`) -> tokens, positions, mask `[batch, T]` (e.g. `llm_tasks.NextSidPrompts`); None
+  prompts with the last `prompt_items` items' SID tokens.
   """
 
   config: decoder_lib.DecoderConfig
@@ -69,6 +71,7 @@ class Recommender:
   prompt_items: int
   popularity: np.ndarray
   token_map: sid_sequences.SidTokenMap | None = None
+  prompt_fn: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]] | None = None
 
   def __post_init__(self):
     if self.token_map is None:
@@ -85,6 +88,8 @@ class Recommender:
     self.members = item_lists.members_by_popularity(self.sids.item_to_group, self.popularity)
 
   def prompts(self, history: np.ndarray, history_len: np.ndarray) -> dict[str, np.ndarray]:
+    if self.prompt_fn is not None:
+      return self.prompt_fn(history, history_len)
     return sid_sequences.history_prompts(history, history_len, self.item_tokens,
                                          self.prompt_items)
 

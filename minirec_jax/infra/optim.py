@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -40,3 +42,16 @@ def from_config(cfg, total_steps: int) -> tuple[optax.GradientTransformation, op
   tx = adamw(schedule, weight_decay=cfg.weight_decay, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
              clip_norm=cfg.clip_norm or None)
   return tx, schedule
+
+
+def freeze(tx: optax.GradientTransformation, mask) -> optax.GradientTransformation:
+  """`tx` on the trainable part of the parameters only.
+
+  `mask` is a tree like the params whose leaves broadcast against them (1.0 train, 0.0
+  frozen; e.g. a `[rows, 1]` column for single embedding rows). Gradients are masked before
+  `tx`, so clipping and the moments see only trainable ones, and updates after it, so that
+  weight decay does not move frozen values either.
+  """
+  masked = optax.stateless(lambda updates, params=None: jax.tree.map(
+      lambda u, m: u * jnp.asarray(m, u.dtype), updates, mask))
+  return optax.chain(masked, tx, masked)

@@ -3,6 +3,16 @@ generative evaluation by `config.eval` that GRPO and experiments/evaluate.py sha
 
 `setup` builds what decoding needs (dataset handle, SIDs, decoder, recommender) and
 `pack_splits` the packed training data, so that a loop that only decodes packs nothing.
+
+Two policies share the loop, chosen by `config.model.backbone`:
+* '' (default): our decoder from scratch on a SID-only vocabulary (`config.model.variant`),
+  trained on chained SID sequences (`sid_sequences`);
+* a pretrained language model ('smollm2-135m', 'gguf:<file>', 'hf:<folder>';
+  models/backbones.py) with its vocabulary extended by SID tokens (`vocab_extension`), trained
+  on the text tasks of `config.llm` (`llm_tasks`: task mixture, wording, exact packing), logits
+  at the response tokens only, optionally with all but the new token rows and the top
+  `train.trainable_layers` blocks frozen. Its recommender prompts with the next-SID prompt of
+  the same wording.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from minirec_jax.data import llm_tasks
 from minirec_jax.data import loading
 from minirec_jax.data import pipeline
 from minirec_jax.data import sid_sequences
@@ -29,27 +40,36 @@ from minirec_jax.infra import distributed
 from minirec_jax.infra import metric_logging
 from minirec_jax.infra import optim
 from minirec_jax.loops import run as run_lib
+from minirec_jax.models import backbones
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import variants
+from minirec_jax.models import vocab_extension
 from minirec_jax.semantic_ids import catalogue
 from minirec_jax.training import parallel
 from minirec_jax.training import sft
 from minirec_jax.training import state as state_lib
 
 
-def packed_split(source, item_tokens: np.ndarray, max_history: int, seq_len: int,
-                 fraction: float = 1.0) -> sid_sequences.PackedSequences:
-  """Packs the rows of a split (all, or the first `fraction` in file order) exactly."""
+def _split_rows(source, max_history: int, fraction: float = 1.0) -> list[dict]:
+  """The rows of a split (all, or the first `fraction` in file order), histories cut to their
+  last `max_history` items."""
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f'data fraction must be in (0, 1], got {fraction}')
   examples = source.__getitems__(list(range(max(1, int(round(fraction * len(source)))))))
-  users = [e['user_id'] for e in examples]
-  histories = [e['history'][-max_history:] for e in examples]
   if any(len(e['history']) > max_history for e in examples):
     logging.warning('histories longer than %d items were cut to their last %d', max_history,
                     max_history)
-  targets = [int(e['target']) for e in examples]
-  segments = sid_sequences.build_segments(users, histories, targets, max_history)
+  return [{'user_id': e['user_id'], 'history': e['history'][-max_history:],
+           'target': int(e['target'])} for e in examples]
+
+
+def packed_split(source, item_tokens: np.ndarray, max_history: int, seq_len: int,
+                 fraction: float = 1.0) -> sid_sequences.PackedSequences:
+  """Packs the rows of a split (all, or the first `fraction` in file order) exactly."""
+  rows = _split_rows(source, max_history, fraction)
+  segments = sid_sequences.build_segments([r['user_id'] for r in rows],
+                                          [r['history'] for r in rows],
+                                          [r['target'] for r in rows], max_history)
   return sid_sequences.pack_segments(segments, item_tokens, seq_len)
 
 
@@ -59,21 +79,43 @@ def packed_arrays(packed: sid_sequences.PackedSequences) -> dict[str, np.ndarray
 
 
 @dataclasses.dataclass
+class LanguageModel:
+  """What a pretrained backbone adds to the setup.
+
+  tokenizer: its tokenizer with the SID tokens added; params: the extended pretrained
+  parameters (numpy), the state's starting point; new_rows_from: the first SID token row;
+  items: the item table with each item's SID string (the text tasks' catalogue).
+  """
+
+  tokenizer: Any
+  params: Any
+  new_rows_from: int
+  items: Any
+
+
+@dataclasses.dataclass
 class SftSetup:
-  """What an SFT config builds before any data is packed: enough to decode or to train."""
+  """What an SFT config builds before any data is packed: enough to decode or to train.
+
+  `vocab` is the SID-only vocabulary of our decoder (None with a language model, whose
+  `language_model` is set instead)."""
 
   dataset: loading.Dataset
   sids: catalogue.SidCatalogue
-  vocab: sid_sequences.SidVocab
+  vocab: sid_sequences.SidVocab | None
   model: decoder_lib.Decoder
   model_config: Any
   recommender: generative.Recommender
+  language_model: LanguageModel | None = None
 
 
 def setup(config: ml_collections.ConfigDict) -> SftSetup:
   """The dataset handle, SID catalogue, vocabulary, decoder and recommender of `config`."""
   dataset = loading.load(config.data)
   sids = catalogue.load_sids(config.sids, dataset)
+  popularity = item_lists.train_popularity(dataset)
+  if config.model.get('backbone'):
+    return _language_model_setup(config, dataset, sids, popularity)
   vocab = sid_sequences.SidVocab(sids.num_levels, sids.codebook_size)
   overrides = {k: config.model[k] for k in ('width', 'depth') if config.model[k]}
   model_config = variants.decoder_config(config.model.variant, vocab_size=vocab.vocab_size,
@@ -82,48 +124,127 @@ def setup(config: ml_collections.ConfigDict) -> SftSetup:
       dataset=dataset, sids=sids, vocab=vocab, model=decoder_lib.Decoder(model_config),
       model_config=model_config,
       recommender=generative.Recommender(model_config, sids, config.data.max_history,
-                                         item_lists.train_popularity(dataset)))
+                                         popularity))
+
+
+def _language_model_setup(config, dataset, sids, popularity) -> SftSetup:
+  backbone = backbones.load(config.model.backbone, config.model.dtype)
+  llm = config.llm
+  extended = vocab_extension.extend(
+      backbone.tokenizer, backbone.config, backbone.params, sids.num_levels, sids.codebook_size,
+      codes=sids.codes if llm.catalogue_tokens_only else None, noise_scale=llm.noise_scale,
+      seed=config.seed)
+  table = np.asarray(extended.token_map.table)
+  items = dataclasses.replace(dataset.items, sid=llm_tasks.sid_strings(sids.codes))
+  prompts = llm_tasks.NextSidPrompts(items, extended.tokenizer, llm.wording,
+                                     config.data.max_history)
+  recommender = generative.Recommender(extended.config, sids, config.data.max_history,
+                                       popularity, token_map=extended.token_map,
+                                       prompt_fn=prompts)
+  return SftSetup(dataset=dataset, sids=sids, vocab=None,
+                  model=decoder_lib.Decoder(extended.config), model_config=extended.config,
+                  recommender=recommender,
+                  language_model=LanguageModel(extended.tokenizer, extended.params,
+                                               int(table[table >= 0].min()), items))
+
+
+def _category_phrase(config) -> str:
+  """The official title-history prompts' phrase: `llm.category_phrase`, else the dataset's."""
+  if config.llm.category_phrase or config.llm.wording != 'official':
+    return config.llm.category_phrase
+  return llm_tasks.category_phrase(config.data.category) if config.data.category else ''
+
+
+def _task_arrays(config, s: SftSetup, rows: list[dict], mixture: llm_tasks.TaskMixture,
+                 where: str) -> tuple[dict[str, np.ndarray], dict]:
+  """A language model's packed examples of `mixture` over `rows`, in the compact target form
+  (`sft.compact_targets`), and their token counts."""
+  lm = s.language_model
+  examples = llm_tasks.mixture_examples(rows, lm.items, mixture, phrase=_category_phrase(config),
+                                        where=where)
+  tokenized = llm_tasks.tokenize_examples(examples, lm.tokenizer, config.llm.cutoff_len or None)
+  packed, stats = llm_tasks.pack_examples(tokenized, config.train.seq_len)
+  counts = llm_tasks.token_counts(tokenized)
+  logging.info('%s: %s; packed %s', where, counts['epoch'], stats)
+  arrays = {'tokens': packed.tokens, 'positions': packed.positions,
+            'segment_ids': packed.segment_ids,
+            **sft.compact_targets(packed.labels, packed.weights)}
+  return arrays, counts
 
 
 def pack_splits(config: ml_collections.ConfigDict, s: SftSetup) -> tuple[
-    sid_sequences.PackedSequences, sid_sequences.PackedSequences]:
-  """The packed train (its first `config.train.data_fraction`) and valid sequences."""
-  item_tokens = s.vocab.item_tokens(s.sids.codes)
+    dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """The packed train (its first `config.train.data_fraction`) and valid sequences, as the
+  arrays `pipeline.array_batches` reads (each `[n, ...]`). A language model's valid split is
+  its next-SID task over the rows that select checkpoints (`eval.max_examples`)."""
   max_history, seq_len = config.data.max_history, config.train.seq_len
-  return (packed_split(s.dataset.split('train'), item_tokens, max_history, seq_len,
-                       config.train.get('data_fraction', 1.0)),
-          packed_split(s.dataset.split('valid'), item_tokens, max_history, seq_len))
+  fraction = config.train.get('data_fraction', 1.0)
+  if s.language_model is None:
+    item_tokens = s.vocab.item_tokens(s.sids.codes)
+    return tuple(packed_arrays(packed_split(s.dataset.split(split), item_tokens, max_history,
+                                            seq_len, f))
+                 for split, f in (('train', fraction), ('valid', 1.0)))
+  llm = config.llm
+  name = config.data.get('category') or config.data.name
+  mixture = llm_tasks.TaskMixture(wording=llm.wording, seed=llm.seed,
+                                  chain_next_sid=llm.chain_next_sid, **dict(llm.tasks))
+  train, _ = _task_arrays(config, s, _split_rows(s.dataset.split('train'), max_history,
+                                                 fraction), mixture, f'{name} train split')
+  valid_source = s.dataset.split('valid')
+  n = config.eval.max_examples or len(valid_source)
+  next_sid = dataclasses.replace(mixture, **{t: float(t == 'next_sid') for t in llm_tasks.TASKS})
+  valid, _ = _task_arrays(config, s, _split_rows(valid_source, max_history, n / len(valid_source)),
+                          next_sid, f'{name} valid split')
+  return train, valid
+
+
+def _optimizer(s: SftSetup, config, total_steps: int):
+  tx, _ = optim.from_config(config.optim, total_steps)
+  top_layers = config.train.get('trainable_layers', -1)
+  if top_layers < 0:
+    return tx
+  if s.language_model is None:
+    raise ValueError('train.trainable_layers >= 0 freezes a pretrained backbone; set '
+                     'model.backbone, or -1 to train every parameter')
+  return optim.freeze(tx, vocab_extension.trainable_mask(
+      s.model_config, s.language_model.new_rows_from, top_layers))
 
 
 def _state_parts(s: SftSetup, config, total_steps: int):
-  """(rng -> params, optimizer) of the SFT train state."""
+  """(init_params, optimizer) of the SFT train state: `init_params(rng)` is a fresh init, or
+  a language model's pretrained parameters (the rng unused)."""
+  tx = _optimizer(s, config, total_steps)
+  if s.language_model is not None:
+    pretrained = s.language_model.params
+    return (lambda rng, params: params), tx, pretrained
   seq = config.train.seq_len
-  tx, _ = optim.from_config(config.optim, total_steps)
   tokens = jnp.zeros((1, seq), jnp.int32)
   mask = sft.segment_causal_mask(jnp.ones((1, seq), jnp.int32))
-  return (lambda rng: s.model.init(rng, tokens, tokens, mask)['params']), tx
+  return (lambda rng, params: s.model.init(rng, tokens, tokens, mask)['params']), tx, None
 
 
 def init_state(s: SftSetup, config, total_steps: int, rng, mesh=None) -> state_lib.TrainState:
   """Params and optimizer state; with `mesh`, created in the train step's state sharding
   (`parallel.state_sharding`: replicated, or FSDP)."""
-  init, tx = _state_parts(s, config, total_steps)
+  init, tx, pretrained = _state_parts(s, config, total_steps)
   sharding = None if mesh is None else lambda abstract: parallel.state_sharding(abstract, mesh)
-  return state_lib.create(init, tx, rng, sharding=sharding)
+  # Pretrained params enter as an argument: closed over, they would be compiled in as constants.
+  return state_lib.create(init, tx, rng, pretrained, sharding=sharding)
 
 
 def abstract_state(s: SftSetup, config) -> state_lib.TrainState:
   """`init_state`'s shapes and dtypes, computing nothing: the target to restore a checkpoint."""
-  init, tx = _state_parts(s, config, 1)
-  return state_lib.abstract(init, tx, jax.random.key(0))
+  init, tx, pretrained = _state_parts(s, config, 1)
+  return state_lib.abstract(init, tx, jax.random.key(0), pretrained)
 
 
-def valid_loss(eval_step, params, packed, batch_size: int, mesh) -> float:
-  """Mean next-token loss over the supervised tokens of `packed`."""
+def valid_loss(eval_step, params, packed: dict[str, np.ndarray], batch_size: int,
+               mesh) -> float:
+  """Mean next-token loss over the supervised tokens of the packed arrays `packed`."""
   sums = {'loss_sum': 0.0, 'weight_sum': 0.0}
-  for batch in pipeline.array_batches(packed_arrays(packed), batch_size,
-                                      drop_remainder=False):
-    batch['weights'] = batch['weights'] * batch.pop('valid')[:, None]
+  weights = 'target_weights' if 'target_weights' in packed else 'weights'
+  for batch in pipeline.array_batches(packed, batch_size, drop_remainder=False):
+    batch[weights] = batch[weights] * batch.pop('valid')[:, None]
     out = eval_step(params, parallel.shard_batch(batch, mesh))
     sums = {k: sums[k] + float(out[k]) for k in sums}
   return sums['loss_sum'] / max(sums['weight_sum'], 1.0)
@@ -154,21 +275,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_size = config.train.batch_size
   local_batch_size = distributed.local_batch_size(batch_size)
   shard = distributed.data_shard()
-  per_process = pipeline.examples_per_epoch(len(train), shard['shard_count'])
+  num_train = len(train['tokens'])
+  per_process = pipeline.examples_per_epoch(num_train, shard['shard_count'])
   steps_per_epoch = per_process // local_batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f'{len(train)} packed sequences < batch size {batch_size}')
+    raise ValueError(f'{num_train} packed sequences < batch size {batch_size}')
   total_steps = steps_per_epoch * config.train.epochs
   eval_every = config.train.eval_every_steps or steps_per_epoch
   rng = jax.random.key(config.seed)
   state = init_state(s, config, total_steps, rng, mesh)
   counts = decoder_lib.count_params(s.model_config)
   logging.info('model %s: %s params; %d packed train sequences, %d steps',
-               config.model.variant, counts, len(train), total_steps)
+               config.model.variant, counts, num_train, total_steps)
 
   select_by = config.eval.select_by
   ckpts = run.checkpoints(select_by, best_mode='min' if select_by == 'loss' else 'max')
-  data = pipeline.array_batches(packed_arrays(train), local_batch_size, seed=config.seed,
+  data = pipeline.array_batches(train, local_batch_size, seed=config.seed,
                                 num_epochs=None, **shard).to_iter_dataset()
   data_iter = iter(data)
   state, _ = run_lib.resume(ckpts, state, data_iter)
@@ -221,15 +343,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def report_splits(config: ml_collections.ConfigDict, workdir: str, s: SftSetup,
                   params) -> dict[str, dict]:
   """Beam-search evaluation of valid and test by `config.eval` (the first
-  `report_max_examples` rows; 0: all), each split's predictions file written into `workdir`;
-  returns {split: metrics}. Also writes the SID groups (`predictions.ITEM_GROUPS_FILE`), with
-  which the files' SID-level metrics are recomputed."""
+  `report_max_examples` rows; 0: all; valid's first `valid_report_max_examples` when that is
+  >= 0, e.g. a slow model's selection prefix), each split's predictions file written into
+  `workdir`; returns {split: metrics}. Also writes the SID groups
+  (`predictions.ITEM_GROUPS_FILE`), with which the files' SID-level metrics are recomputed."""
   predictions.save_item_groups(os.path.join(workdir, predictions.ITEM_GROUPS_FILE),
                                s.sids.item_to_group)
   results = {}
+  valid_rows = config.eval.get('valid_report_max_examples', -1)
   for split in ('valid', 'test'):
-    result = evaluate(s, params, config.eval, split, config.eval.report_max_examples,
-                      keep_predictions=True)
+    rows = valid_rows if split == 'valid' and valid_rows >= 0 else config.eval.report_max_examples
+    result = evaluate(s, params, config.eval, split, rows, keep_predictions=True)
     run_lib.write_predictions(workdir, split, result.predictions)
     results[split] = result.metrics
   return results

@@ -309,8 +309,10 @@ class Block(nn.Module):
 class Decoder(nn.Module):
   """Decoder-only LM.
 
-  `__call__(tokens [b, s], positions [b, s], mask [b, s, t] | None, cache=None, causal=False)`
-  returns float32 logits `[b, s, vocab]`, or `(logits, cache)` when a cache is given (use
+  `__call__(tokens [b, s], positions [b, s], mask [b, s, t] | None, cache=None, causal=False,
+  head_positions=None)` returns float32 logits `[b, s, vocab]` (with `head_positions` int32
+  `[b, n]`: only at those positions, `[b, n, vocab]`; a language model's prompt tokens need no
+  logits, and its head is the largest matrix), or `(logits, cache)` when a cache is given (use
   `prefill` and `decode_step` rather than passing a cache directly). `mask=None` means plain
   causal attention over the s tokens (no padding). `causal=True` promises that `mask` is
   causal (no query sees a later key; e.g. `causal_mask`, segment-causal packing masks), so the
@@ -322,7 +324,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, mask=None, cache: KVCache | None = None,
-               causal: bool = False):
+               causal: bool = False, head_positions: jax.Array | None = None):
     c = self.config
     chex.assert_rank([tokens, positions], 2)
     chex.assert_equal_shape([tokens, positions])
@@ -344,6 +346,9 @@ class Decoder(nn.Module):
       if cache is not None:
         new_k.append(layer.k)
         new_v.append(layer.v)
+    if head_positions is not None:
+      chex.assert_rank(head_positions, 2)
+      x = jnp.take_along_axis(x, head_positions[..., None], axis=1)
     # The final norm and the LM head run in float32 whatever the compute dtype.
     x = RMSNorm(c.rms_eps, name='norm')(x.astype(jnp.float32))
     if c.tie_embeddings:
@@ -517,7 +522,9 @@ def flops_per_token(config: DecoderConfig, seq_len: int) -> dict[str, int]:
   dropless (see moe.py).
 
   Returns:
-    {'forward_flops_per_token', 'train_flops_per_token'}.
+    {'forward_flops_per_token', 'train_flops_per_token', 'train_head_flops_per_token'}: the
+    last is the LM head's share of the training FLOPs, which a step that computes logits only
+    at its target positions (`head_positions`) spends on those alone.
   """
   c = config
   attn = c.width * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
@@ -526,4 +533,5 @@ def flops_per_token(config: DecoderConfig, seq_len: int) -> dict[str, int]:
     mlp = c.width * c.num_experts + c.experts_per_token * mlp
   forward = 2 * (c.depth * (attn + mlp) + c.width * c.vocab_size)
   forward += 4 * c.depth * seq_len * c.num_heads * c.head_dim
-  return {'forward_flops_per_token': forward, 'train_flops_per_token': 3 * forward}
+  return {'forward_flops_per_token': forward, 'train_flops_per_token': 3 * forward,
+          'train_head_flops_per_token': 3 * 2 * c.width * c.vocab_size}

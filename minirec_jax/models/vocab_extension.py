@@ -14,7 +14,8 @@ Owns MiniOneRec's recipe for putting SIDs into a language model (reference §4.1
   they are, so only ids past the matrix get new rows;
 * `sid_token_map`: the `SidTokenMap` of a tokenizer with SID tokens (one extended here, or an
   official checkpoint's), its terminator the '\\n' and eos that close a generated SID;
-* `extend`: all of it, from a loaded checkpoint (models/checkpoints.py) and its tokenizer.
+* `extend`: all of it, from a loaded checkpoint (models/checkpoints.py) and its tokenizer;
+* `trainable_mask`: the new rows and the top blocks, for training with the rest frozen.
 Parameters come back as numpy arrays, as the checkpoint readers return them.
 """
 
@@ -24,6 +25,7 @@ import dataclasses
 import itertools
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 import tokenizers
 
@@ -165,3 +167,35 @@ def extend(tokenizer: TextTokenizer, config: decoder_lib.DecoderConfig, params: 
                                  seed=seed)
   return Extended(tokenizer, config, params,
                   sid_token_map(tokenizer, num_levels, codebook_size, end_text=end_text))
+
+
+def trainable_mask(config: decoder_lib.DecoderConfig, new_from: int,
+                   top_layers: int) -> dict[str, Any]:
+  """Which parameters train when the pretrained body is frozen (`optim.freeze`'s mask).
+
+  Args:
+    config: the extended decoder's config.
+    new_from: the first new token row (the checkpoint's vocabulary size before `extend`).
+    top_layers: how many of the last blocks train too (their final norm with them when > 0).
+  Returns:
+    A tree like the params: float32 `[rows, 1]` row masks for the embedding (and
+    `[1, rows]` for an untied head: only rows >= `new_from` train), scalars 1.0 / 0.0 for
+    every other leaf.
+  """
+  if not 0 <= top_layers <= config.depth:
+    raise ValueError(f'top_layers must lie in [0, {config.depth}], got {top_layers}')
+  rows = (np.arange(config.vocab_size) >= new_from).astype(np.float32)
+  shapes = decoder_lib.abstract_params(config)
+  first_trained = config.depth - top_layers
+
+  def leaf_mask(path, _):
+    top = path[0].key
+    if top == 'embed_tokens':
+      return rows[:, None]
+    if top == 'lm_head':
+      return rows[None, :]
+    if top.startswith('layers_'):
+      return np.float32(int(top.split('_')[1]) >= first_trained)
+    return np.float32(top_layers > 0)  # the final norm
+
+  return jax.tree_util.tree_map_with_path(leaf_mask, shapes)

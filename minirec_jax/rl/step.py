@@ -61,8 +61,10 @@ def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_gro
                    score_fn: ScoreFn | None = None, axis_name: str | None = None) -> Callable:
   """Returns the un-jitted pure GRPO step.
 
-  `token_map` gives the vocabulary ids of the candidates' SID tokens (its terminator tokens are
-  not scored: the loss covers the L SID tokens).
+  `token_map` gives the vocabulary ids of the candidates' SID tokens and terminator: the
+  loss covers each candidate's L SID tokens and then its T terminator tokens (a language
+  model's '\n' and eos, which it must learn to end a SID with; none for our SID-only
+  vocabulary), a terminator token with the advantage of the candidate's last SID token.
 
   `sft_weight > 0` adds that multiple of the target's token-mean NLL to the loss (an SFT anchor,
   as in AdaGRPO); the target is scored in the same pass as the G candidates.
@@ -88,22 +90,32 @@ def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_gro
     advantages = grpo.token_advantages(reward, codes, items >= 0, mode=advantage_mode,
                                        level_rewards=level_rewards, ddof=adv_ddof, eps=adv_eps)
     table = beam_search.token_ids(token_map)
-    completion = table[jnp.arange(num_levels), jnp.maximum(codes, 0)]
+    terminator = jnp.asarray(token_map.terminator, jnp.int32)
+    num_tokens = num_levels + len(token_map.terminator)
+
+    def with_terminator(sid_tokens):  # [..., L] -> [..., L + T]
+      shape = sid_tokens.shape[:-1] + terminator.shape
+      return jnp.concatenate([sid_tokens, jnp.broadcast_to(terminator, shape)], axis=-1)
+
+    completion = with_terminator(table[jnp.arange(num_levels), jnp.maximum(codes, 0)])
+    advantages = jnp.concatenate(
+        [advantages, jnp.repeat(advantages[..., -1:], num_tokens - num_levels, axis=-1)], -1)
     prompt = (batch['tokens'], batch['positions'], batch['mask'])
-    valid = jnp.broadcast_to((items >= 0).reshape(b * g, 1), (b * g, num_levels))
+    valid = jnp.broadcast_to((items >= 0).reshape(b * g, 1), (b * g, num_tokens))
     ref_lp = jax.lax.stop_gradient(
         prompted.completion_log_probs(config, ref_params, *prompt, completion))
 
-    target_completion = table[jnp.arange(num_levels), codes_table[batch['target']]]
+    target_completion = with_terminator(
+        table[jnp.arange(num_levels), codes_table[batch['target']]])
     scored = (jnp.concatenate([completion, target_completion[:, None]], axis=1) if sft_weight
               else completion)
 
     def loss_fn(params, old_lp):
       all_lp = prompted.completion_log_probs(config, params, *prompt, scored)
-      lp = all_lp[:, :g].reshape(b * g, num_levels)
+      lp = all_lp[:, :g].reshape(b * g, num_tokens)
       loss, metrics = grpo.grpo_loss(
           lp, jax.lax.stop_gradient(lp) if old_lp is None else old_lp,
-          ref_lp.reshape(b * g, num_levels), advantages.reshape(b * g, num_levels), valid,
+          ref_lp.reshape(b * g, num_tokens), advantages.reshape(b * g, num_tokens), valid,
           clip_eps=clip_eps, beta=beta, kl_estimator=kl_estimator, aggregation=aggregation)
       if sft_weight:
         metrics['target_nll'] = -all_lp[:, g].mean()
@@ -113,7 +125,7 @@ def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_gro
     old_lp = None
     if updates_per_rollout > 1:  # the rollout policy's log-probs, fixed for every update
       old_lp = jax.lax.stop_gradient(prompted.completion_log_probs(
-          config, state.params, *prompt, completion)).reshape(b * g, num_levels)
+          config, state.params, *prompt, completion)).reshape(b * g, num_tokens)
     for update in range(updates_per_rollout):
       (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params,
                                                                               old_lp)

@@ -2,6 +2,10 @@
 
 Batches are packed sequences (`minirec_jax.data.sid_sequences.PackedSequences` rows):
   tokens, positions, segment_ids, labels: int32 [batch, seq];  weights: float32 [batch, seq]
+or, when only some positions are supervised (a language model's prompt tokens are not), the
+compact form of `compact_targets`: tokens, positions, segment_ids as above, and
+  target_positions, target_labels: int32 [batch, n];  target_weights: float32 [batch, n]
+with which the model computes logits at the n target positions only.
 
 The loss is the token-weighted mean cross-entropy over supervised SID tokens. It is computed
 from sums (loss sum and weight sum) so that one device, a sharded jit over N devices and pmap
@@ -19,15 +23,17 @@ from typing import Any, Callable
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import moe
 from minirec_jax.training.state import TrainState
 
-# apply_fn(params, tokens, positions, attention_mask[b, q, k], rng) -> logits [b, seq, vocab],
-# or (logits, aux): aux maps names to float32 scalars, reported as metrics; aux[PENALTY], if
-# present, is a regulariser added to the mean token loss.
+# apply_fn(params, tokens, positions, attention_mask[b, q, k], rng, head_positions=None)
+# -> logits [b, seq, vocab] (at `head_positions` [b, n] only: [b, n, vocab]), or (logits, aux):
+# aux maps names to float32 scalars, reported as metrics; aux[PENALTY], if present, is a
+# regulariser added to the mean token loss.
 ApplyFn = Callable[..., jax.Array | tuple[jax.Array, dict[str, jax.Array]]]
 PENALTY = 'penalty'
 
@@ -38,6 +44,38 @@ def segment_causal_mask(segment_ids: jax.Array) -> jax.Array:
   same = segment_ids[:, :, None] == segment_ids[:, None, :]
   causal = jnp.tril(jnp.ones((seq, seq), bool))
   return same & causal[None] & (segment_ids[:, :, None] > 0)
+
+
+def compact_targets(labels: np.ndarray, weights: np.ndarray,
+                    num_targets: int | None = None) -> dict[str, np.ndarray]:
+  """The supervised positions of packed rows, left-aligned: what `target_positions` batches hold.
+
+  Args:
+    labels: int32 `[n, seq]`.
+    weights: float32 `[n, seq]` (0: not supervised).
+    num_targets: slots per row (default: the most supervised positions of any row); rows with
+      more raise, since dropping targets would silently change the objective.
+  Returns:
+    target_positions, target_labels (int32) and target_weights (float32), each
+    `[n, num_targets]`; unused slots point at position 0 with weight 0.
+  """
+  chex.assert_equal_shape([labels, weights])
+  supervised = weights > 0
+  counts = supervised.sum(axis=1)
+  most = int(counts.max(initial=0))
+  num_targets = most if num_targets is None else num_targets
+  if most > num_targets:
+    raise ValueError(f'a row has {most} supervised positions, more than num_targets='
+                     f'{num_targets}')
+  # A stable sort puts each row's supervised positions first, in position order.
+  order = np.argsort(~supervised, axis=1, kind='stable')[:, :max(num_targets, 1)]
+  slot_used = np.arange(order.shape[1])[None] < counts[:, None]
+  positions = np.where(slot_used, order, 0).astype(np.int32)
+  return {'target_positions': positions,
+          'target_labels': np.where(slot_used, np.take_along_axis(labels, order, 1),
+                                    0).astype(np.int32),
+          'target_weights': np.where(slot_used, np.take_along_axis(weights, order, 1),
+                                     0).astype(np.float32)}
 
 
 def weighted_token_loss(logits: jax.Array, labels: jax.Array,
@@ -69,12 +107,13 @@ def decoder_apply_fn(model: decoder_lib.Decoder) -> ApplyFn:
   """
   c = model.config
 
-  def apply_fn(params, tokens, positions, mask, rng):
+  def apply_fn(params, tokens, positions, mask, rng, head_positions=None):
     del rng  # the decoder has no dropout
     if not c.num_experts:
-      return model.apply({'params': params}, tokens, positions, mask, causal=True)
+      return model.apply({'params': params}, tokens, positions, mask, causal=True,
+                         head_positions=head_positions)
     logits, state = model.apply({'params': params}, tokens, positions, mask, causal=True,
-                                mutable=['intermediates'])
+                                head_positions=head_positions, mutable=['intermediates'])
     balance = moe.aux_loss(state['intermediates'])
     return logits, {moe.AUX_LOSS: balance, PENALTY: c.moe_aux_weight * balance}
 
@@ -84,9 +123,15 @@ def decoder_apply_fn(model: decoder_lib.Decoder) -> ApplyFn:
 def _forward_sums(apply_fn: ApplyFn, params, batch, rng) -> dict[str, Any]:
   """weighted_token_loss sums plus 'aux': each aux scalar times weight_sum."""
   mask = segment_causal_mask(batch['segment_ids'])
-  out = apply_fn(params, batch['tokens'], batch['positions'], mask, rng)
+  if 'target_positions' in batch:
+    out = apply_fn(params, batch['tokens'], batch['positions'], mask, rng,
+                   head_positions=batch['target_positions'])
+    labels, weights = batch['target_labels'], batch['target_weights']
+  else:
+    out = apply_fn(params, batch['tokens'], batch['positions'], mask, rng)
+    labels, weights = batch['labels'], batch['weights']
   logits, aux = out if isinstance(out, tuple) else (out, {})
-  sums = weighted_token_loss(logits, batch['labels'], batch['weights'])
+  sums = weighted_token_loss(logits, labels, weights)
   sums['aux'] = {name: value * sums['weight_sum'] for name, value in aux.items()}
   return sums
 

@@ -1,0 +1,154 @@
+"""SFT and GRPO of a pretrained language-model policy: compact targets, frozen backbones, the
+prompt the recommender decodes with, and the whole pipeline on a tiny random Llama written at
+test time (`configs/pipeline.py:tiny,backbone=hf:<folder>`; nothing is downloaded)."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from minirec_jax import pipeline as ep
+from minirec_jax.data import llm_tasks
+from minirec_jax.data import schema
+from minirec_jax.data.text_tokenizer import TextTokenizer
+from minirec_jax.infra import optim
+from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import artifacts
+from minirec_jax.models import decoder as decoder_lib
+from minirec_jax.models import vocab_extension
+from minirec_jax.testing import tiny_llm
+from minirec_jax.training import sft
+from minirec_jax.training import state as state_lib
+
+CONFIG = decoder_lib.DecoderConfig(vocab_size=40, width=16, depth=3, num_heads=2,
+                                   num_kv_heads=1, mlp_dim=32, tie_embeddings=True, max_len=64)
+
+
+def _packed(rng, rows=4, seq=12):
+  tokens = rng.integers(1, CONFIG.vocab_size, (rows, seq)).astype(np.int32)
+  segment_ids = np.repeat([[1] * 7 + [2] * 5], rows, 0).astype(np.int32)
+  positions = np.concatenate([np.arange(7), np.arange(5)])[None].repeat(rows, 0).astype(np.int32)
+  labels = rng.integers(1, CONFIG.vocab_size, (rows, seq)).astype(np.int32)
+  weights = (rng.random((rows, seq)) < 0.3).astype(np.float32)
+  weights[0] = 0.0  # a row without targets
+  return {'tokens': tokens, 'positions': positions, 'segment_ids': segment_ids,
+          'labels': labels, 'weights': weights}
+
+
+def _params(config=CONFIG, seed=0):
+  return decoder_lib.Decoder(config).init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32),
+                                          jnp.zeros((1, 4), jnp.int32))['params']
+
+
+def test_compact_targets_give_the_loss_of_the_full_logits():
+  packed = _packed(np.random.default_rng(0))
+  compact = sft.compact_targets(packed['labels'], packed['weights'])
+  assert compact['target_positions'].shape[1] == int((packed['weights'] > 0).sum(1).max())
+  eval_step = jax.jit(sft.make_sft_eval_step(sft.decoder_apply_fn(decoder_lib.Decoder(CONFIG))))
+  params = _params()
+  full = eval_step(params, packed)
+  short = eval_step(params, {k: packed[k] for k in ('tokens', 'positions', 'segment_ids')}
+                    | compact)
+  for key in ('loss_sum', 'weight_sum', 'correct_sum'):
+    np.testing.assert_allclose(short[key], full[key], rtol=1e-5)
+  with pytest.raises(ValueError, match='more than num_targets'):
+    sft.compact_targets(packed['labels'], packed['weights'], num_targets=1)
+
+
+def test_frozen_backbone_trains_only_new_rows_and_top_blocks():
+  new_from = 30
+  mask = vocab_extension.trainable_mask(CONFIG, new_from, top_layers=1)
+  tx = optim.freeze(optax.adamw(1e-2, weight_decay=0.1), mask)
+  params = _params()
+  state = state_lib.TrainState.create(apply_fn=None, params=params, tx=tx)
+  step = jax.jit(sft.make_sft_step(sft.decoder_apply_fn(decoder_lib.Decoder(CONFIG))))
+  packed = _packed(np.random.default_rng(1))
+  packed['labels'][:] = new_from + 3  # gradients reach old rows too (through the softmax)
+  for _ in range(3):
+    state, _ = step(state, packed, jax.random.key(0))
+  after, before = state.params, params
+  embed_after, embed_before = after['embed_tokens']['embedding'], before['embed_tokens'][
+      'embedding']
+  np.testing.assert_array_equal(embed_after[:new_from], embed_before[:new_from])
+  assert not np.allclose(embed_after[new_from:], embed_before[new_from:])
+  for i in range(CONFIG.depth - 1):
+    jax.tree.map(np.testing.assert_array_equal, after[f'layers_{i}'], before[f'layers_{i}'])
+  top = f'layers_{CONFIG.depth - 1}'
+  assert not np.allclose(after[top]['mlp']['up_proj']['kernel'],
+                         before[top]['mlp']['up_proj']['kernel'])
+  with pytest.raises(ValueError, match='top_layers'):
+    vocab_extension.trainable_mask(CONFIG, new_from, top_layers=CONFIG.depth + 1)
+
+
+def _items():
+  titles = [f'Item number {i}' for i in range(6)]
+  sids = llm_tasks.sid_strings(np.array([[i % 2, i, 0] for i in range(6)]))
+  return schema.ItemTable(title=titles, description=[''] * 6, sid=sids)
+
+
+@pytest.mark.parametrize('wording', ['short', 'official'])
+def test_recommender_prompt_is_the_training_prompt(tmp_path, wording):
+  folder = tiny_llm.write_tiny_llama(str(tmp_path / 'llama'))
+  tokenizer = vocab_extension.add_sid_tokens(TextTokenizer.from_hf_directory(folder), 3, 6)
+  rows = [{'user_id': 'u', 'history': [0, 1], 'target': 2},
+          {'user_id': 'u', 'history': [0, 1, 2], 'target': 3},
+          {'user_id': 'v', 'history': [4], 'target': 5}]
+  mixture = llm_tasks.TaskMixture(wording=wording, alignment=0, sid_history_title=0,
+                                  title_history_title=0, title_history_sid=0,
+                                  chain_next_sid=wording == 'short')
+  examples = llm_tasks.mixture_examples(rows, _items(), mixture)
+  tokenized = llm_tasks.tokenize_examples(examples, tokenizer)
+  prompts = llm_tasks.NextSidPrompts(_items(), tokenizer, wording, max_items=10)
+  history = np.full((3, 3), -1)
+  for r, row in enumerate(rows):
+    history[r, :len(row['history'])] = row['history']
+  batch = prompts(history, np.array([len(r['history']) for r in rows]))
+  assert batch['tokens'].shape[1] == prompts.width == len(prompts.ids([[5] * 10])[0])
+  sid_len = 3  # SID tokens of one item
+  for i in range(len(tokenized)):
+    ids, supervised = tokenized.example(i)
+    first_target = int(np.argmax(supervised))
+    for k, row in enumerate(tokenized.sources[i]):
+      # The k-th target of a chain follows its row's prompt and the k earlier targets.
+      want = ids[:first_target + k * sid_len]
+      got = batch['tokens'][row][batch['mask'][row]]
+      np.testing.assert_array_equal(got, want)
+  assert len(prompts.ids([[0, 1]])[0]) > 0
+
+
+@pytest.fixture(scope='module')
+def finished_llm_pipeline(tmp_path_factory):
+  root = tmp_path_factory.mktemp('llm_pipeline')
+  folder = tiny_llm.write_tiny_llama(str(root / 'llama'))
+  config = load_config(f'configs/pipeline.py:tiny,backbone=hf:{folder}')
+  config.dataset.data.data_dir = str(root / 'tfds')
+  for stage in ('sft', 'sasrec', 'popularity', 'grpo'):
+    config[stage].mesh.num_devices = 1
+  workdir = str(root / 'run')
+  return folder, workdir, ep.run(config, workdir)
+
+
+def test_language_model_pipeline_runs_end_to_end(finished_llm_pipeline):
+  folder, workdir, result = finished_llm_pipeline
+  assert result.status == {stage: 'ran' for stage in ep.STAGES}
+  with open(os.path.join(workdir, 'sft', 'results.json')) as f:
+    sft_results = json.load(f)
+  assert sft_results['test']['examples'] > 0
+  policy = artifacts.load_policy(os.path.join(workdir, 'grpo'))
+  assert policy.sft_config.model.backbone == f'hf:{folder}'
+  assert policy.name == 'GRPO (llama)'
+  rec = policy.setup.recommender
+  assert rec.token_map.terminator == (
+      *policy.setup.language_model.tokenizer.encode('\n', add_special_tokens=False),
+      policy.setup.language_model.tokenizer.eos_id)
+  items, scores = rec.recommend(policy.params, np.array([[0, 1, 2]]), np.array([3]), k=5)
+  assert items.shape == (1, 5) and (items >= 0).all()
+  assert np.all(np.diff(scores[0]) <= 1e-6)
+  with open(os.path.join(workdir, 'evaluation', 'results.json')) as f:
+    table = json.dumps(json.load(f))
+  assert 'SFT+GRPO (llama)' in table
