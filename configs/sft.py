@@ -17,11 +17,12 @@ from minirec_jax.data import llm_tasks
 from minirec_jax.infra.config_utils import data_config, optimizer_config, parse_arg
 from minirec_jax.models import backbones
 
-# Each task's share of its examples per epoch in `tasks=mix` (Industrial, short wording:
-# next_sid ~241k tokens, alignment ~152k, sid_history_title ~0.5M, the title-history tasks
-# ~1.1M each; `experiments/llm_task_stats.py` prints them), about 0.5M tokens in all.
-_MIX = dict(next_sid=1.0, alignment=0.5, sid_history_title=0.1, title_history_title=0.05,
-            title_history_sid=0.1)
+# Each task's share of its examples per epoch in `tasks=mix`. Industrial, SmolLM2 tokenizer,
+# short wording, chained next_sid (`python experiments/llm_task_stats.py`): next_sid 240,807
+# tokens, alignment 296,027, sid_history_title 1,746,972, title_history_title 5,478,348,
+# title_history_sid 4,503,894; these shares add ~226k alignment tokens to next_sid's ~241k.
+_MIX = dict(next_sid=1.0, alignment=0.25, sid_history_title=0.03, title_history_title=0.01,
+            title_history_sid=0.01)
 
 
 def _backbone_name(spec: str) -> str:
@@ -110,6 +111,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.batch_size = 16
     config.eval.max_examples = 500
     config.eval.valid_report_max_examples = 500  # the full test split is reported once
+    if args['tasks'] == 'mix':  # title-history examples reach cutoff_len
+      config.train.seq_len = 512
+      config.train.batch_size = 4
   if args['tiny']:
     config.model.variant = _backbone_name(args['backbone']) if args['backbone'] else 'tiny'
     config.train.seq_len = 64
