@@ -66,4 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluation = ml_collections.ConfigDict({'ks': ranking.DEFAULT_KS, 'split': 'test'})
   if scale == 'quick' and not tiny:
     _quick(config)
+  if args['tiny'] and args['backbone']:
+    # A real pretrained model costs ~100x the tiny decoder per token: a few SFT steps.
+    config.sft.train.data_fraction = 0.1
   return config

@@ -48,6 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.depth = 0                 # > 0 overrides the variant's depth
   config.model.dtype = 'float32'         # compute dtype: 'float32' | 'bfloat16'
   config.model.backbone = args['backbone']  # '' = our decoder from scratch (variant)
+  config.model.init = 'pretrained'       # with a backbone: 'random' keeps its architecture and
+                                         # tokenizer but starts from random weights (a control)
 
   # The language model's text tasks (used only with a backbone; minirec_jax/data/llm_tasks.py).
   config.llm = ml_collections.ConfigDict()

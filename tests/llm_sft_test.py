@@ -19,6 +19,7 @@ from minirec_jax.data.text_tokenizer import TextTokenizer
 from minirec_jax.infra import optim
 from minirec_jax.infra.config_utils import load_config
 from minirec_jax.loops import artifacts
+from minirec_jax.loops import sft as sft_loop
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import vocab_extension
 from minirec_jax.testing import tiny_llm
@@ -152,3 +153,17 @@ def test_language_model_pipeline_runs_end_to_end(finished_llm_pipeline):
   with open(os.path.join(workdir, 'evaluation', 'results.json')) as f:
     table = json.dumps(json.load(f))
   assert 'SFT+GRPO (llama)' in table
+
+
+def test_random_init_keeps_the_architecture_and_drops_the_weights(finished_llm_pipeline):
+  _, workdir, _ = finished_llm_pipeline
+  config = artifacts.workdir_config(os.path.join(workdir, 'sft'))
+  pretrained = sft_loop.setup(config).language_model
+  config.model.init = 'random'
+  random = sft_loop.setup(config).language_model
+  assert jax.tree.map(np.shape, random.params) == jax.tree.map(np.shape, pretrained.params)
+  assert not np.allclose(random.params['embed_tokens']['embedding'],
+                         pretrained.params['embed_tokens']['embedding'])
+  config.model.init = 'scratch'
+  with pytest.raises(ValueError, match='model.init'):
+    sft_loop.setup(config)

@@ -135,6 +135,13 @@ def _language_model_setup(config, dataset, sids, popularity) -> SftSetup:
       codes=sids.codes if llm.catalogue_tokens_only else None, noise_scale=llm.noise_scale,
       seed=config.seed)
   table = np.asarray(extended.token_map.table)
+  params = extended.params
+  if config.model.get('init', 'pretrained') == 'random':  # the architecture alone (a control)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    params = jax.device_get(decoder_lib.Decoder(extended.config).init(
+        jax.random.key(config.seed), tokens, tokens)['params'])
+  elif config.model.get('init', 'pretrained') != 'pretrained':
+    raise ValueError(f"model.init must be 'pretrained' or 'random', got {config.model.init!r}")
   items = dataclasses.replace(dataset.items, sid=llm_tasks.sid_strings(sids.codes))
   prompts = llm_tasks.NextSidPrompts(items, extended.tokenizer, llm.wording,
                                      config.data.max_history)
@@ -144,7 +151,7 @@ def _language_model_setup(config, dataset, sids, popularity) -> SftSetup:
   return SftSetup(dataset=dataset, sids=sids, vocab=None,
                   model=decoder_lib.Decoder(extended.config), model_config=extended.config,
                   recommender=recommender,
-                  language_model=LanguageModel(extended.tokenizer, extended.params,
+                  language_model=LanguageModel(extended.tokenizer, params,
                                                int(table[table >= 0].min()), items))
 
 
