@@ -54,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The language model's text tasks (used only with a backbone; minirec_jax/data/llm_tasks.py).
   config.llm = ml_collections.ConfigDict()
   config.llm.wording = 'short'           # 'short' | 'official' (the official prompt strings)
+  config.llm.eval_wording = ''           # decoding prompt: '' = the training prompt of
+                                         # next_sid; 'official_eval' = the official evaluation's
   config.llm.chain_next_sid = True       # short next_sid: one example per chain of a user's rows
   config.llm.tasks = ml_collections.ConfigDict({t: float(t == 'next_sid')
                                                 for t in llm_tasks.TASKS})

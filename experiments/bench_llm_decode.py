@@ -105,10 +105,6 @@ _SID_NOISE = flags.DEFINE_float(
 _PROMPTS = flags.DEFINE_list('prompts', ['official', 'short'], 'Prompt kinds to run.')
 _OUTPUT = flags.DEFINE_string('output', 'docs/bench/llm_decode.json', 'JSON record path.')
 
-# The official evaluation prompt (EvalSidDataset, reference section 7).
-EVAL_INSTRUCTION = 'Can you predict the next possible item that the user may expect?'
-EVAL_INPUT = ('Can you predict the next possible item the user may expect, given the following '
-              'chronological interaction history: {history}')
 RESPONSE_HEADER = '### Response:\n'
 OFF_TRIE = -1e6  # the official mask value
 
@@ -116,15 +112,11 @@ OFF_TRIE = -1e6  # the official mask value
 def prompt_tokens(kind: str, tok: text_tokenizer.TextTokenizer,
                   histories: list[list[str]]) -> list[list[int]]:
   """Token ids of each user's prompt of `kind` ('official' or 'short'), no special tokens."""
-  if kind == 'official':
-    header = tok.encode(llm_tasks.official_header(EVAL_INSTRUCTION), add_special_tokens=False)
-    bodies = [llm_tasks.official_body(EVAL_INPUT.format(history=', '.join(sids)))
-              for sids in histories]
-    return [header + body for body in tok.encode_batch(bodies, add_special_tokens=False)]
-  if kind == 'short':  # one piece: 'Next item:\n' and the SIDs back to back
-    return tok.encode_batch([''.join(llm_tasks.next_sid_prompt(sids, 'short'))
-                             for sids in histories], add_special_tokens=False)
-  raise ValueError(f'unknown prompt kind {kind!r}')
+  if kind not in ('official', 'short'):
+    raise ValueError(f'unknown prompt kind {kind!r}')
+  wording = llm_tasks.OFFICIAL_EVAL if kind == 'official' else 'short'
+  return [[t for piece in llm_tasks.next_sid_prompt(sids, wording)
+           for t in tok.encode(piece, add_special_tokens=False)] for sids in histories]
 
 
 def official_table(tok: text_tokenizer.TextTokenizer, sids: list[str]

@@ -167,3 +167,15 @@ def test_random_init_keeps_the_architecture_and_drops_the_weights(finished_llm_p
   config.model.init = 'scratch'
   with pytest.raises(ValueError, match='model.init'):
     sft_loop.setup(config)
+
+
+def test_official_evaluation_prompt_has_its_own_body(tmp_path):
+  folder = tiny_llm.write_tiny_llama(str(tmp_path / 'llama'))
+  tokenizer = vocab_extension.add_sid_tokens(TextTokenizer.from_hf_directory(folder), 3, 6)
+  prompts = llm_tasks.NextSidPrompts(_items(), tokenizer, llm_tasks.OFFICIAL_EVAL, max_items=10)
+  text = tokenizer.decode(prompts.ids([[0, 1]])[0])
+  assert text.startswith('Below is an instruction')
+  assert text.endswith('given the following chronological interaction history: '
+                       '<a_0><b_0><c_0>, <a_1><b_1><c_0>\n\n### Response:\n')
+  with pytest.raises(Exception, match='unknown wording'):
+    llm_tasks.NextSidPrompts(_items(), tokenizer, 'casual', max_items=10)

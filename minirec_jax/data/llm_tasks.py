@@ -268,18 +268,30 @@ def next_sid_input(history_sids: Sequence[str]) -> str:
           'order. Can you predict the next possible item that the user may expect?')
 
 
+# The official evaluation asks with another body than its SFT task (reference section 7).
+OFFICIAL_EVAL = 'official_eval'
+_EVAL_INPUT = ('Can you predict the next possible item the user may expect, given the following '
+               'chronological interaction history: ')
+
+
 def next_sid_prompt(history_sids: Sequence[str], wording: str) -> tuple[str, ...]:
-  """Task next_sid's prompt as the text pieces that are encoded one by one."""
+  """Task next_sid's prompt as the text pieces that are encoded one by one; wording
+  OFFICIAL_EVAL gives the official evaluation's prompt (same header, its own body)."""
   if wording == 'short':
     return (_SHORT['next_sid'] + ''.join(history_sids),)
-  return (official_header(_NEXT_SID_INSTRUCTION), official_body(next_sid_input(history_sids)))
+  if wording == OFFICIAL_EVAL:
+    body = official_body(_EVAL_INPUT + ', '.join(history_sids))
+  else:
+    body = official_body(next_sid_input(history_sids))
+  return (official_header(_NEXT_SID_INSTRUCTION), body)
 
 
 @dataclasses.dataclass(eq=False)
 class NextSidPrompts:
   """Left-padded next-SID prompts of a language model, token for token the training prompt of
   task next_sid in `wording` (a chained short example's prompt too: its SIDs follow one
-  another, so every target sees the same tokens as here).
+  another, so every target sees the same tokens as here), or with OFFICIAL_EVAL the official
+  evaluation's prompt (e.g. to check an official checkpoint as its authors evaluated it).
 
   `__call__(history [batch, H], history_len [batch])` -> tokens, positions, mask
   `[batch, width]` (`sid_sequences.left_pad`) of each history's last `max_items` items. SID
@@ -294,8 +306,9 @@ class NextSidPrompts:
   max_items: int
 
   def __post_init__(self):
-    if self.wording not in WORDINGS:
-      raise DataError(f'unknown wording (known: {WORDINGS})', field='wording', value=self.wording)
+    if self.wording not in WORDINGS + (OFFICIAL_EVAL,):
+      raise DataError(f'unknown wording (known: {WORDINGS + (OFFICIAL_EVAL,)})',
+                      field='wording', value=self.wording)
     self._catalogue = _Catalogue(self.items, 'next-SID prompts')
     self.width = len(self.ids([[0] * self.max_items])[0])
 

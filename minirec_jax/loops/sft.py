@@ -143,7 +143,8 @@ def _language_model_setup(config, dataset, sids, popularity) -> SftSetup:
   elif config.model.get('init', 'pretrained') != 'pretrained':
     raise ValueError(f"model.init must be 'pretrained' or 'random', got {config.model.init!r}")
   items = dataclasses.replace(dataset.items, sid=llm_tasks.sid_strings(sids.codes))
-  prompts = llm_tasks.NextSidPrompts(items, extended.tokenizer, llm.wording,
+  prompts = llm_tasks.NextSidPrompts(items, extended.tokenizer,
+                                     llm.get('eval_wording') or llm.wording,
                                      config.data.max_history)
   recommender = generative.Recommender(extended.config, sids, config.data.max_history,
                                        popularity, token_map=extended.token_map,
