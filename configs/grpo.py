@@ -38,6 +38,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.grpo.ref_sync_every = 0        # > 0: ref <- alpha * policy + (1 - alpha) * ref
   config.grpo.ref_sync_alpha = 0.6
   config.grpo.reward_model = ''         # train_sasrec workdir: needed while rewards.collab > 0
+  # A language-model policy may prompt with MiniOneRec's RL texts instead of its next-SID
+  # prompt: any of 'sid_history', 'item_text', 'title_history' (() = the next-SID prompt).
+  config.grpo.prompt_sources = ()
+  config.grpo.num_title_history = 10_000  # title-history prompts drawn from the train rows
+  config.grpo.max_prompt_len = 512      # text prompts keep their last tokens
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 200

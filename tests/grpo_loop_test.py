@@ -100,6 +100,14 @@ def test_collaborative_reward_without_a_model_fails_before_training(sft_workdir,
   assert not os.listdir(tmp_path)
 
 
+def test_text_prompt_sources_need_a_language_model(sft_workdir, tmp_path):
+  config = load_config(os.path.join(REPO, 'configs', 'grpo.py') + ':tiny')
+  config.init_from = sft_workdir
+  config.grpo.prompt_sources = ('item_text',)
+  with pytest.raises(ValueError, match='need a language-model policy'):
+    grpo_loop.train_and_evaluate(config, str(tmp_path))
+
+
 def test_sft_refuses_to_select_on_test(tmp_path):
   config = load_config(os.path.join(REPO, 'configs', 'sft.py') + ':dataset=industrial,tiny')
   config.eval.split = 'test'

@@ -19,9 +19,11 @@ from minirec_jax.data.text_tokenizer import TextTokenizer
 from minirec_jax.infra import optim
 from minirec_jax.infra.config_utils import load_config
 from minirec_jax.loops import artifacts
+from minirec_jax.loops import grpo as grpo_loop
 from minirec_jax.loops import sft as sft_loop
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import vocab_extension
+from minirec_jax.rl import prompts as rl_prompts
 from minirec_jax.testing import tiny_llm
 from minirec_jax.training import sft
 from minirec_jax.training import state as state_lib
@@ -179,3 +181,38 @@ def test_official_evaluation_prompt_has_its_own_body(tmp_path):
                        '<a_0><b_0><c_0>, <a_1><b_1><c_0>\n\n### Response:\n')
   with pytest.raises(Exception, match='unknown wording'):
     llm_tasks.NextSidPrompts(_items(), tokenizer, 'casual', max_items=10)
+
+
+def test_rl_prompt_pool_and_width_buckets(tmp_path):
+  assert rl_prompts.width_buckets(20) == [20]
+  assert rl_prompts.width_buckets(100) == [32, 64, 100]
+  folder = tiny_llm.write_tiny_llama(str(tmp_path / 'llama'))
+  tokenizer = vocab_extension.add_sid_tokens(TextTokenizer.from_hf_directory(folder), 3, 6)
+  items = dataclasses.replace(_items(), description=[f"['About {i}']" for i in range(6)])
+  rows = [{'history': [0, 1], 'target': 2}, {'history': [3], 'target': 4}]
+  sources = ('sid_history', 'item_text', 'title_history')
+  pool = rl_prompts.prompt_pool(rows, items, tokenizer, sources=sources, wording='short',
+                                max_history=4, num_title_history=1)
+  texts = llm_tasks.rl_prompts(rows, items, sources=sources, wording='short',
+                               num_title_history=1)
+  assert len(pool['target']) == len(texts) == 2 + 12 + 1
+  item_text = pool['source'] == 1
+  assert (pool['history_len'][item_text] == 0).all()
+  np.testing.assert_array_equal(pool['history'][0], [0, 1, -1, -1])
+  batch = {k: v[:2] for k, v in pool.items()}  # the two short SID-history prompts
+  cut = rl_prompts.bucket_prompts(batch)
+  assert cut['tokens'].shape[1] == rl_prompts.width_buckets(pool['tokens'].shape[1])[0]
+  want = tokenizer.encode(texts[0].text, add_special_tokens=False)
+  np.testing.assert_array_equal(cut['tokens'][0][cut['mask'][0]], want)
+  assert cut['positions'][0][cut['mask'][0]].tolist() == list(range(len(want)))
+
+
+def test_grpo_on_text_prompt_sources(finished_llm_pipeline, tmp_path):
+  _, workdir, _ = finished_llm_pipeline
+  config = load_config('configs/grpo.py:tiny')
+  config.init_from = os.path.join(workdir, 'sft')
+  config.grpo.prompt_sources = ('sid_history', 'item_text', 'title_history')
+  config.train.steps = 3
+  config.mesh.num_devices = 1
+  results = grpo_loop.train_and_evaluate(config, str(tmp_path / 'grpo'))
+  assert results['test']['examples'] > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,6 +20,7 @@ from minirec_jax.infra import metric_logging
 from minirec_jax.loops import artifacts
 from minirec_jax.loops import run as run_lib
 from minirec_jax.loops import sft as sft_loop
+from minirec_jax.rl import prompts as rl_prompts
 from minirec_jax.rl import rollout as rollout_lib
 from minirec_jax.rl import step as step_lib
 from minirec_jax.semantic_ids import trie as trie_lib
@@ -42,6 +44,30 @@ def step_timing(times: dict[str, list[float]]) -> dict:
     out['rollout_share'] = med['rollout_s_median'] / (med['rollout_s_median']
                                                       + med['update_s_median'])
   return out
+
+
+def _prompt_pool(config: ml_collections.ConfigDict,
+                 policy: artifacts.Policy) -> dict[str, np.ndarray] | None:
+  """The RL prompt pool of `config.grpo.prompt_sources` (rl/prompts.py: the official RL
+  texts), or None when it is empty (the default): the recommender's next-SID prompt of each
+  train row, the prompt the policy is evaluated with."""
+  sources = tuple(config.grpo.get('prompt_sources', ()))
+  if not sources:
+    return None
+  s, sft = policy.setup, policy.sft_config
+  if s.language_model is None:
+    raise ValueError(f'grpo.prompt_sources={sources} are text prompts: they need a '
+                     'language-model policy (an SFT workdir with model.backbone)')
+  rows = sft_loop.split_rows(s.dataset.split('train'), sft.data.max_history)
+  pool = rl_prompts.prompt_pool(
+      rows, s.language_model.items, s.language_model.tokenizer, sources=sources,
+      wording=sft.llm.wording, max_history=sft.data.max_history,
+      max_len=config.grpo.max_prompt_len, num_title_history=config.grpo.num_title_history,
+      seed=config.seed, where=f'{s.dataset.name} train split')
+  counts = np.bincount(pool['source'], minlength=len(sources))
+  logging.info('GRPO prompt pool: %s prompts, widest %d tokens',
+               dict(zip(sources, counts.tolist())), pool['tokens'].shape[1])
+  return pool
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -80,12 +106,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       adv_ddof=g.adv_ddof, adv_eps=g.adv_eps, sft_weight=g.sft_weight,
       advantage_mode=g.get('advantage', 'group'),
       updates_per_rollout=g.get('updates_per_rollout', 1), score_fn=score_fn)
-  update = parallel.jit_data_parallel(step_fn, mesh, num_frozen=2, max_traces=1)
 
   ckpts = run.checkpoints(artifacts.GRPO_SELECT_BY)
-  spec = pipeline.BatchSpec(config.train.prompts_per_step, max_history=max_history)
-  data_iter = iter(pipeline.batched(s.dataset.split('train'), spec, seed=config.seed,
-                                    num_epochs=None).to_iter_dataset())
+  pool = _prompt_pool(config, policy)
+  if pool is None:  # the recommender's own next-SID prompt of every train row
+    spec = pipeline.BatchSpec(config.train.prompts_per_step, max_history=max_history)
+    data = pipeline.batched(s.dataset.split('train'), spec, seed=config.seed, num_epochs=None)
+  else:
+    data = pipeline.array_batches(pool, config.train.prompts_per_step, seed=config.seed,
+                                  num_epochs=None)
+  data_iter = iter(data.to_iter_dataset())
+  # One prompt shape, or one per width bucket of a text prompt pool.
+  update = parallel.jit_data_parallel(step_fn, mesh, num_frozen=2, max_traces=len(
+      rl_prompts.width_buckets(pool['tokens'].shape[1])) if pool is not None else 1)
   tree, _ = run_lib.resume(ckpts, artifacts.grpo_tree(state, ref_params), data_iter)
   state, ref_params = tree['state'], tree['ref']
 
@@ -104,7 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = int(state.step)
   while step < config.train.steps:
     batch = next(data_iter)
-    prompts = s.recommender.prompts(batch['history'], batch['history_len'])
+    prompts = (s.recommender.prompts(batch['history'], batch['history_len']) if pool is None
+               else rl_prompts.bucket_prompts(batch))
     t0 = time.perf_counter()
     roll = rollout_lib.rollout(
         s.model_config, state.params, trie, prompts['tokens'], prompts['positions'],

@@ -50,7 +50,7 @@ from minirec_jax.training import sft
 from minirec_jax.training import state as state_lib
 
 
-def _split_rows(source, max_history: int, fraction: float = 1.0) -> list[dict]:
+def split_rows(source, max_history: int, fraction: float = 1.0) -> list[dict]:
   """The rows of a split (all, or the first `fraction` in file order), histories cut to their
   last `max_history` items."""
   if not 0.0 < fraction <= 1.0:
@@ -66,7 +66,7 @@ def _split_rows(source, max_history: int, fraction: float = 1.0) -> list[dict]:
 def packed_split(source, item_tokens: np.ndarray, max_history: int, seq_len: int,
                  fraction: float = 1.0) -> sid_sequences.PackedSequences:
   """Packs the rows of a split (all, or the first `fraction` in file order) exactly."""
-  rows = _split_rows(source, max_history, fraction)
+  rows = split_rows(source, max_history, fraction)
   segments = sid_sequences.build_segments([r['user_id'] for r in rows],
                                           [r['history'] for r in rows],
                                           [r['target'] for r in rows], max_history)
@@ -196,12 +196,12 @@ def pack_splits(config: ml_collections.ConfigDict, s: SftSetup) -> tuple[
   name = config.data.get('category') or config.data.name
   mixture = llm_tasks.TaskMixture(wording=llm.wording, seed=llm.seed,
                                   chain_next_sid=llm.chain_next_sid, **dict(llm.tasks))
-  train, _ = _task_arrays(config, s, _split_rows(s.dataset.split('train'), max_history,
+  train, _ = _task_arrays(config, s, split_rows(s.dataset.split('train'), max_history,
                                                  fraction), mixture, f'{name} train split')
   valid_source = s.dataset.split('valid')
   n = config.eval.max_examples or len(valid_source)
   next_sid = dataclasses.replace(mixture, **{t: float(t == 'next_sid') for t in llm_tasks.TASKS})
-  valid, _ = _task_arrays(config, s, _split_rows(valid_source, max_history, n / len(valid_source)),
+  valid, _ = _task_arrays(config, s, split_rows(valid_source, max_history, n / len(valid_source)),
                           next_sid, f'{name} valid split')
   return train, valid
 

@@ -47,7 +47,9 @@ def group_rewards(batch, reward_params, *, weights: dict[str, float], item_to_gr
       raise ValueError('reward weight collab > 0 needs a reward model (score_fn)')
     scores = score_fn(reward_params, batch['history'], batch['history_len'],
                       jnp.maximum(items, 0))
-    parts['collab'] = rewards_lib.collaborative_reward(scores)
+    # A prompt without a history (an item-text RL prompt) has no collaborative signal.
+    parts['collab'] = jnp.where(batch['history_len'][:, None] > 0,
+                                rewards_lib.collaborative_reward(scores), 0.0)
   total = rewards_lib.combine(weights, parts)
   return total, {f'reward_{k}': v.mean() for k, v in parts.items()}
 
