@@ -31,7 +31,11 @@ setuptools.setup(
         'gguf>=0.19,<0.20',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5'],
+        # aiohttp: tests/serve_test.py serves the app on 127.0.0.1 (same pin as 'serve').
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'aiohttp==3.14.5'],
+        # Only for minirec_jax/serving/server.py, experiments/serve.py and bench_serve.py (the
+        # HTTP service, its server and the benchmark's client).
+        'serve': ['aiohttp==3.14.5'],
         # Only for experiments/bench_hf.py and tests/hf_parity_test.py (the side-by-side with the
         # official PyTorch stack); the library never imports torch or transformers.
         'bench': ['torch==2.13.0', 'transformers==5.24.0'],

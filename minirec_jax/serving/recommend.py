@@ -107,7 +107,7 @@ def _rows(path: str):
     raise DataError('input must be a .jsonl or .csv file', path=path)
 
 
-def _history(value, num_items: int) -> list[int]:
+def parse_history(value, num_items: int) -> list[int]:
   """The item ids of one row's history field; ValueError saying what is wrong."""
   if not isinstance(value, list) or not all(
       isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -129,7 +129,7 @@ def read_histories(path: str, num_items: int, max_history: int,
     try:
       if not isinstance(user_id, str) or not user_id:
         raise ValueError('missing or empty user_id')
-      items = _history(value, num_items)
+      items = parse_history(value, num_items)
     except ValueError as exc:
       field = 'user_id' if 'user_id' in str(exc) else 'history'
       error = DataError(str(exc), path=path, line=line, field=field,
@@ -143,11 +143,20 @@ def read_histories(path: str, num_items: int, max_history: int,
     users.append(user_id)
     histories.append(items[-max_history:])
     lines.append(line)
-  history = np.full((len(users), max_history), PAD, np.int32)
-  for row, items in enumerate(histories):
-    history[row, :len(items)] = items
-  lengths = np.asarray([len(h) for h in histories], np.int32)
+  history, lengths = pad_histories(histories, max_history)
   return Histories(users, history, lengths, lines), {'skipped': skipped, 'reasons': reasons}
+
+
+def pad_histories(histories: list[list[int]], max_history: int) -> tuple[np.ndarray, np.ndarray]:
+  """Item-id lists -> (history int32 `[n, max_history]`, each list's newest `max_history` items
+  then PAD; lengths int32 `[n]`)."""
+  history = np.full((len(histories), max_history), PAD, np.int32)
+  lengths = np.zeros(len(histories), np.int32)
+  for row, items in enumerate(histories):
+    items = items[-max_history:]
+    history[row, :len(items)] = items
+    lengths[row] = len(items)
+  return history, lengths
 
 
 def recommend_file(workdir: str, input_path: str, output_path: str, *, top_k: int,
