@@ -5,7 +5,8 @@ Owns the readers that turn a published checkpoint into `(DecoderConfig, params)`
 * `load_hf_directory`: a Hugging Face Qwen2 / Llama folder, config.json plus model.safetensors
   or a sharded model.safetensors.index.json, read with `safetensors` in numpy mode (bf16
   through ml_dtypes). The official MiniOneRec checkpoints (Qwen2 with SID tokens such as
-  `<a_12>` added to tokenizer and embedding) load as they are;
+  `<a_12>` added to tokenizer and embedding) load as they are; `save_hf_directory` is its
+  inverse (`config_to_hf`, the inverse of `config_from_hf`, and float32 safetensors);
 * `load_gguf`: a GGUF file (llama or qwen2 architecture) through the `gguf` package's reader,
   every tensor dequantised to float32 here (`dequantize`: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
   Q4_K, Q6_K, our own numpy block math), with the q/k row permutation that llama.cpp's
@@ -19,11 +20,13 @@ is the compute dtype). Tokenizers are data/text_tokenizer.py's. Bad input raises
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
 import zipfile
 
+import jax
 import numpy as np
 
 from minirec_jax.data import errors
@@ -111,6 +114,77 @@ def config_from_hf(c: dict, path: str = 'config.json', dtype: str = 'float32'
     return decoder_lib.DecoderConfig(**fields)
   except ValueError as exc:
     raise DataError(f'inconsistent hyperparameters ({exc})', path=path) from None
+
+
+def config_to_hf(config: decoder_lib.DecoderConfig, *, bos_token_id: int | None = None,
+                 eos_token_id: int | None = None, pad_token_id: int | None = None) -> dict:
+  """DecoderConfig -> config.json (as a dict) of a transformers causal LM: the inverse of
+  `config_from_hf`.
+
+  Qwen2ForCausalLM when the config has q/k/v biases (Qwen2 always has them), else
+  LlamaForCausalLM. RoPE is written both ways (transformers 5's `rope_parameters` and the
+  older top-level `rope_theta`), so either generation reads the same base. The token ids are
+  written as given (None included): transformers' Llama would otherwise assume bos 1, eos 2.
+  `config.dtype` is a compute dtype, not part of the checkpoint: weights are float32.
+
+  Raises:
+    ValueError: a config that config.json cannot express (mixture-of-experts MLPs, or MoE
+      fields off their defaults), so that `config_from_hf(config_to_hf(c), dtype=c.dtype) == c`
+      holds for every config this returns for.
+  """
+  if config.num_experts:
+    raise ValueError(f'HF Qwen2/Llama configs have dense MLPs only, got num_experts='
+                     f'{config.num_experts}')
+  qwen2 = config.qkv_bias
+  c = {'architectures': ['Qwen2ForCausalLM' if qwen2 else 'LlamaForCausalLM'],
+       'model_type': 'qwen2' if qwen2 else 'llama', 'hidden_act': 'silu',
+       'hidden_size': config.width, 'intermediate_size': config.mlp_dim,
+       'num_hidden_layers': config.depth, 'num_attention_heads': config.num_heads,
+       'num_key_value_heads': config.num_kv_heads, 'head_dim': config.head_dim,
+       'max_position_embeddings': config.max_len, 'rms_norm_eps': config.rms_eps,
+       'rope_parameters': {'rope_type': 'default', 'rope_theta': config.rope_theta},
+       'rope_theta': config.rope_theta, 'tie_word_embeddings': config.tie_embeddings,
+       'vocab_size': config.vocab_size, 'bos_token_id': bos_token_id,
+       'eos_token_id': eos_token_id, 'pad_token_id': pad_token_id, 'dtype': 'float32',
+       'use_cache': True}
+  if qwen2:
+    c.update(use_sliding_window=False, sliding_window=None, max_window_layers=config.depth,
+             layer_types=['full_attention'] * config.depth)
+  else:
+    c.update(attention_bias=False, mlp_bias=False)
+  back = config_from_hf(c, dtype=config.dtype)
+  if back != config:  # only fields config.json has no place for can differ
+    diff = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(back, f.name)}
+    raise ValueError(f'config.json cannot express {diff}')
+  return c
+
+
+def save_hf_weights(path: str, config: decoder_lib.DecoderConfig,
+                    params: decoder_lib.Params) -> None:
+  """The decoder's params as HF tensors in one float32 safetensors file (atomically).
+
+  The inverse of reading `path` with `params_from_hf_state_dict`; a tied LM head is not
+  written (transformers ties it to the embedding, as the published checkpoints have it).
+  """
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  host = jax.device_get(params)
+  state = {name: np.ascontiguousarray(value, np.float32)
+           for name, value in hf_convert.params_to_hf_state_dict(host, config).items()}
+  with io_utils.atomic_path(path) as tmp:
+    # The metadata of transformers' own PyTorch checkpoints (it checks 'format' when present).
+    save_file(state, tmp, metadata={'format': 'pt'})
+
+
+def save_hf_directory(folder: str, config: decoder_lib.DecoderConfig,
+                      params: decoder_lib.Params, **token_ids: int | None) -> None:
+  """config.json (`config_to_hf`, with `token_ids`: bos/eos/pad_token_id) and
+  model.safetensors (`save_hf_weights`) in `folder`: what `load_hf_directory` reads back as
+  (config, params) and `transformers.AutoModelForCausalLM.from_pretrained` loads."""
+  hf_config = config_to_hf(config, **token_ids)
+  os.makedirs(folder, exist_ok=True)
+  io_utils.write_json(os.path.join(folder, 'config.json'), hf_config)
+  save_hf_weights(os.path.join(folder, 'model.safetensors'), config, params)
 
 
 def _safetensors_files(folder: str) -> dict[str, list[str]]:

@@ -17,6 +17,7 @@ import numpy as np
 from safetensors.numpy import save_file
 import tokenizers
 
+from minirec_jax.models import checkpoints
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import hf_convert
 
@@ -34,19 +35,15 @@ def random_state(config: decoder_lib.DecoderConfig, seed: int = 0,
 
 
 def hf_config_json(config: decoder_lib.DecoderConfig, arch: str) -> dict:
-  """config.json as transformers writes it (the fields our loader maps, plus some it ignores)."""
-  c = {'architectures': ['Qwen2ForCausalLM' if arch == 'qwen2' else 'LlamaForCausalLM'],
-       'model_type': arch, 'hidden_act': 'silu', 'hidden_size': config.width,
-       'intermediate_size': config.mlp_dim, 'num_hidden_layers': config.depth,
-       'num_attention_heads': config.num_heads, 'num_key_value_heads': config.num_kv_heads,
-       'max_position_embeddings': config.max_len, 'rms_norm_eps': config.rms_eps,
-       'rope_theta': config.rope_theta, 'rope_scaling': None,
-       'tie_word_embeddings': config.tie_embeddings, 'vocab_size': config.vocab_size,
-       'torch_dtype': 'float32', 'initializer_range': 0.02, 'use_cache': True}
-  if arch == 'qwen2':
-    c.update(use_sliding_window=False, sliding_window=4096, max_window_layers=21)
-  else:
-    c.update(attention_bias=False, mlp_bias=False, head_dim=config.head_dim)
+  """config.json as transformers 4 writes it: `checkpoints.config_to_hf` with RoPE as a
+  top-level `rope_theta` only (the older form the loader must also read), plus fields the
+  loader ignores. `arch` ('llama' or 'qwen2') must be the one the config's qkv_bias implies."""
+  c = checkpoints.config_to_hf(config)
+  if c['model_type'] != arch:
+    raise ValueError(f'a config with qkv_bias={config.qkv_bias} is {c["model_type"]}, not '
+                     f'{arch}')
+  del c['rope_parameters'], c['dtype']
+  c.update(rope_scaling=None, torch_dtype='float32', initializer_range=0.02)
   return c
 
 
