@@ -44,6 +44,19 @@ Params = dict[str, Any]
 _INIT = nn.initializers.normal(0.02)
 _COMPUTE_DTYPES = ('float32', 'bfloat16')
 
+def check_dtype_and_head_dim(config) -> None:
+  """Shared by the model configs' checks: a known compute dtype, and head_dim 0 resolved to
+  width // num_heads (set on the frozen dataclass `config`)."""
+  name = type(config).__name__
+  if config.dtype not in _COMPUTE_DTYPES:
+    raise ValueError(f'{name}.dtype must be one of {_COMPUTE_DTYPES}, got {config.dtype!r}')
+  if not config.head_dim:
+    if config.width % config.num_heads:
+      raise ValueError(f'width {config.width} is not divisible by num_heads '
+                       f'{config.num_heads}; set head_dim explicitly')
+    object.__setattr__(config, 'head_dim', config.width // config.num_heads)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
   """Architecture hyperparameters; hashable, so it can be a static jit argument.
@@ -98,14 +111,7 @@ class DecoderConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'num_heads {self.num_heads} must be a multiple of num_kv_heads '
                        f'{self.num_kv_heads}')
-    if self.dtype not in _COMPUTE_DTYPES:
-      raise ValueError(f'DecoderConfig.dtype must be one of {_COMPUTE_DTYPES}, got '
-                       f'{self.dtype!r}')
-    if not self.head_dim:
-      if self.width % self.num_heads:
-        raise ValueError(f'width {self.width} is not divisible by num_heads {self.num_heads}; '
-                         'set head_dim explicitly')
-      object.__setattr__(self, 'head_dim', self.width // self.num_heads)
+    check_dtype_and_head_dim(self)
     if self.head_dim % 2:
       raise ValueError(f'head_dim must be even for RoPE, got {self.head_dim}')
     for name in ('num_experts', 'moe_aux_weight', 'moe_capacity_factor'):

@@ -18,6 +18,7 @@ per-shard average); `aux[PENALTY]` is added to the objective.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import chex
@@ -136,21 +137,23 @@ def _forward_sums(apply_fn: ApplyFn, params, batch, rng) -> dict[str, Any]:
   return sums
 
 
-def make_sft_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callable:
-  """Returns `step(state, batch, rng) -> (state, metrics)`, pure and un-jitted.
+# forward_sums(params, batch, rng) -> weighted_token_loss sums, optionally with 'aux' (each aux
+# scalar times weight_sum; aux[PENALTY] is added to the objective).
+ForwardSums = Callable[[Any, dict[str, jax.Array], Any], dict[str, Any]]
 
-  Args:
-    apply_fn: the model forward (see ApplyFn); `rng` is for dropout.
-    axis_name: set when the step runs under pmap/shard_map over that axis: the loss and
-      gradient sums are psum-ed so the update is that of the global batch.
-  """
+
+def make_weighted_loss_step(forward_sums: ForwardSums, *,
+                            axis_name: str | None = None) -> Callable:
+  """`step(state, batch, rng) -> (state, metrics)` minimising the token-weighted mean loss whose
+  sums `forward_sums` computes (any model: this decoder, an encoder-decoder). Metrics: loss,
+  accuracy, tokens (weight sum), grad_norm and each aux scalar per token."""
 
   def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
-      sums = _forward_sums(apply_fn, params, batch, rng)
-      return sums['loss_sum'] + sums['aux'].get(PENALTY, 0.0), sums
+      sums = forward_sums(params, batch, rng)
+      return sums['loss_sum'] + sums.get('aux', {}).get(PENALTY, 0.0), sums
 
     grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:
@@ -160,19 +163,38 @@ def make_sft_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callabl
     new_state = state.apply_gradients(grads=grads)
     metrics = {'loss': sums['loss_sum'] / denom, 'accuracy': sums['correct_sum'] / denom,
                'tokens': sums['weight_sum'], 'grad_norm': optax.tree.norm(grads),
-               **{name: value / denom for name, value in sums['aux'].items()}}
+               **{name: value / denom for name, value in sums.get('aux', {}).items()}}
     return new_state, metrics
 
   return step
 
 
-def make_sft_eval_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callable:
-  """Returns `eval_step(params, batch) -> sums` (loss_sum, weight_sum, correct_sum, aux)."""
+def make_weighted_loss_eval_step(forward_sums: ForwardSums, *,
+                                 axis_name: str | None = None) -> Callable:
+  """`eval_step(params, batch) -> sums` of `forward_sums` (psum-ed over `axis_name`)."""
 
   def eval_step(params: Any, batch: dict[str, jax.Array]):
-    sums = _forward_sums(apply_fn, params, batch, None)
+    sums = forward_sums(params, batch, None)
     if axis_name is not None:
       sums = jax.lax.psum(sums, axis_name)
     return sums
 
   return eval_step
+
+
+def make_sft_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callable:
+  """Returns `step(state, batch, rng) -> (state, metrics)`, pure and un-jitted.
+
+  Args:
+    apply_fn: the model forward (see ApplyFn); `rng` is for dropout.
+    axis_name: set when the step runs under pmap/shard_map over that axis: the loss and
+      gradient sums are psum-ed so the update is that of the global batch.
+  """
+  return make_weighted_loss_step(functools.partial(_forward_sums, apply_fn),
+                                 axis_name=axis_name)
+
+
+def make_sft_eval_step(apply_fn: ApplyFn, *, axis_name: str | None = None) -> Callable:
+  """Returns `eval_step(params, batch) -> sums` (loss_sum, weight_sum, correct_sum, aux)."""
+  return make_weighted_loss_eval_step(functools.partial(_forward_sums, apply_fn),
+                                      axis_name=axis_name)
