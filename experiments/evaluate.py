@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from minirec_jax.infra import console
 from minirec_jax.infra import host_memory
 from minirec_jax.infra import io_utils
 from minirec_jax.loops import artifacts
@@ -27,6 +28,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A train_sft or train_grpo workd
 
 def main(argv):
   host_memory.use_huge_pages(__file__)
+  console.setup(_WORKDIR.value)
   del argv
   policy = artifacts.load_policy(_WORKDIR.value)
   config = _CONFIG.value or policy.config

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from minirec_jax import pipeline
 from minirec_jax.data.errors import DataError
+from minirec_jax.infra import console
 from minirec_jax.infra import host_memory
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/pipeline.py',
@@ -28,9 +29,11 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (one sub-folder p
 
 def main(argv):
   host_memory.use_huge_pages(__file__)
+  console.setup(_WORKDIR.value)
   del argv
   try:
-    result = pipeline.run(_CONFIG.value, _WORKDIR.value)
+    with console.stdout_to_log():  # the stages' own tables: the summary below has them
+      result = pipeline.run(_CONFIG.value, _WORKDIR.value)
   except (DataError, pipeline.StageMismatchError) as exc:
     print(f'error: {exc}', file=sys.stderr)
     sys.exit(2)

@@ -8,6 +8,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from minirec_jax.infra import console
 from minirec_jax.infra import host_memory
 from minirec_jax.loops import sft as sft_loop
 
@@ -18,6 +19,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   host_memory.use_huge_pages(__file__)
+  console.setup(_WORKDIR.value)
   del argv
   sft_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from minirec_jax.infra import console
 from minirec_jax.infra import host_memory
 from minirec_jax.semantic_ids import report as report_lib
 from minirec_jax.semantic_ids import stage
@@ -21,6 +22,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   host_memory.use_huge_pages(__file__)
+  console.setup(_WORKDIR.value)
   del argv
   print(report_lib.report_markdown(stage.run(_CONFIG.value, _WORKDIR.value)))
 

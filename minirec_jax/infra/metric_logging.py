@@ -3,7 +3,7 @@
 `MetricWriter` appends one JSON object per call to `<workdir>/metrics.jsonl` (flushed each
 time, so a killed run keeps every row written before the kill) and mirrors scalars to
 TensorBoard event files when tensorboardX is installed and requested. `Progress` wraps long
-loops: a live bar with rate and ETA on a terminal, periodic log lines otherwise.
+loops: a live bar with rate and ETA on a terminal, periodic console lines otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any, Iterable, Iterator
 
 from absl import logging
 import numpy as np
+
+from minirec_jax.infra import console
 
 
 class NonFiniteError(FloatingPointError):
@@ -89,8 +91,10 @@ def _format_seconds(seconds: float) -> str:
 class Progress:
   """Progress of a loop of known (or unknown) length, with rate and ETA.
 
-  On a terminal it redraws one line on stderr; otherwise it logs a line every
-  `log_every_s` seconds, so batch jobs show progress in their logs.
+  On a terminal it redraws one line on stderr; otherwise it logs a line every `log_every_s`
+  seconds and at the end through `console.info`, so the lines reach the console (and the log
+  file) of a binary that set one up. On a terminal the log file, when there is one, gets the
+  same periodic lines.
   """
 
   def __init__(self, total: int | None, desc: str, *, unit: str = 'it', start: int = 0,
@@ -100,15 +104,18 @@ class Progress:
     self._start_count = start
     self._stream = stream or sys.stderr
     self._tty = hasattr(self._stream, 'isatty') and self._stream.isatty()
-    self._t0 = self._last = time.perf_counter()
-    self._log_every = log_every_s if not self._tty else 0.2
+    self._t0 = self._drawn = self._logged = time.perf_counter()
+    self._log_every = log_every_s
+    self._logged_count = None  # the count of the last line logged
 
   def update(self, n: int = 1) -> None:
     self.count += n
     now = time.perf_counter()
-    if now - self._last >= self._log_every or (self.total and self.count >= self.total):
-      self._last = now
-      self._emit(now)
+    finished = bool(self.total) and self.count >= self.total
+    if self._tty and (now - self._drawn >= 0.2 or finished):
+      self._draw(now)
+    if now - self._logged >= self._log_every or finished:
+      self._log(now)
 
   def line(self, now: float | None = None) -> str:
     elapsed = (now or time.perf_counter()) - self._t0
@@ -121,16 +128,26 @@ class Progress:
               f'elapsed {_format_seconds(elapsed)} eta {_format_seconds(eta)}')
     return f'{self.desc}: {self.count} {self.unit} {rate:.2f} {self.unit}/s'
 
-  def _emit(self, now: float) -> None:
-    if self._tty:
-      self._stream.write('\r' + self.line(now))
-      self._stream.flush()
-    else:
+  def _draw(self, now: float) -> None:
+    self._drawn = now
+    self._stream.write('\r' + self.line(now))
+    self._stream.flush()
+
+  def _log(self, now: float) -> None:
+    self._logged = now
+    if self._logged_count == self.count:
+      return  # the last line said the same (the loop's end, then close)
+    self._logged_count = self.count
+    if not self._tty:
+      console.info('%s', self.line(now))
+    elif console.logs_to_file():  # the bar is on the console already
       logging.info('%s', self.line(now))
 
   def close(self) -> None:
-    self._emit(time.perf_counter())
+    now = time.perf_counter()
+    self._log(now)
     if self._tty:
+      self._draw(now)
       self._stream.write('\n')
       self._stream.flush()
 

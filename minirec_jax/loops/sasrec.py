@@ -353,6 +353,8 @@ def _train(config, run: run_lib.Run, s: Setup, eval_fn, eval_kwargs):
                                  max_steps=config.train.max_steps_per_epoch,
                                  group_prefixes=group))
   epoch_seconds = []
+  bar = metric_logging.Progress(config.train.epochs, 'sasrec', unit='epoch',
+                                start=progress['epoch'])
   while (progress['epoch'] < config.train.epochs and
          progress['since_best'] <= config.train.patience):
     epoch = progress['epoch']
@@ -365,6 +367,7 @@ def _train(config, run: run_lib.Run, s: Setup, eval_fn, eval_kwargs):
     step = int(state.step)
     run.writer.write(step, {**train_metrics, 'epoch': epoch + 1}, prefix='train/')
     progress['epoch'] = epoch + 1
+    bar.update()
     if progress['epoch'] % config.train.eval_every_epochs and (
         progress['epoch'] < config.train.epochs):
       continue
@@ -380,6 +383,7 @@ def _train(config, run: run_lib.Run, s: Setup, eval_fn, eval_kwargs):
                  valid[select_by], progress['best'], progress['best_epoch'])
     # `latest` every evaluation (resume); `best` only when it changes (metrics passed).
     ckpts.save(step, state, data_state=progress, metrics=valid if improved else None)
+  bar.close()
   best_state, _, best_metrics = run_lib.restore_best(ckpts, state)
   summary = {'epochs_run': progress['epoch'], 'best_epoch': progress['best_epoch'],
              'steps': int(state.step), 'best_valid_during_training': best_metrics,

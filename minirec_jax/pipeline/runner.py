@@ -17,9 +17,9 @@ import json
 import os
 import time
 
-from absl import logging
 import ml_collections
 
+from minirec_jax.infra import console
 from minirec_jax.infra import io_utils
 from minirec_jax.pipeline import minionerec
 from minirec_jax.pipeline import registry
@@ -115,10 +115,12 @@ def _run_stage(s: registry.Stage, keys: dict[str, str], plan: registry.Plan) -> 
   io_utils.write_json(os.path.join(folder, INPUTS_FILE), {d: keys[d] for d in s.deps})
   start = time.perf_counter()
   outputs = s.run(s.config, folder, plan)
+  seconds = time.perf_counter() - start
   io_utils.write_json(os.path.join(folder, DONE_FILE), {
       'stage': s.name, 'key': keys[s.name],
       'finished_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'seconds': round(time.perf_counter() - start, 3), 'outputs': outputs})
+      'seconds': round(seconds, 3), 'outputs': outputs})
+  console.info('stage %s: done in %.0f s', s.name, seconds)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> PipelineResult:
@@ -130,12 +132,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> PipelineResult:
   os.makedirs(workdir, exist_ok=True)
   io_utils.write_text(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
   status = {}
-  for name, s in plan.stages.items():
+  for i, (name, s) in enumerate(plan.stages.items(), 1):
+    step = f'{i}/{len(plan.stages)}'
     if states[name] == 'done':
-      logging.info('stage %s: skipped (finished earlier)', name)
+      console.info('stage %s %s: skipped (finished earlier)', step, name)
       status[name] = 'skipped'
       continue
-    logging.info('stage %s: %s', name, 'resuming' if states[name] == 'resume' else 'starting')
+    console.info('stage %s %s: %s', step, name,
+                 'resuming' if states[name] == 'resume' else 'starting')
     _run_stage(s, keys, plan)
     status[name] = 'resumed' if states[name] == 'resume' else 'ran'
   results = results_lib.read_json(
