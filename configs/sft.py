@@ -1,12 +1,13 @@
 """SFT of the generative recommender: `--config configs/sft.py:dataset=industrial,variant=S`.
 
 Arguments (comma-separated): dataset (a configs/dataset.py name), variant (model size from
-minirec_jax/models/variants.py), sids ('official' = the dataset's own index.json SIDs, or
-'tokenizer' = a train_tokenizer workdir given by sids.path), backbone (a pretrained language
-model instead of our decoder from scratch: 'smollm2-135m', 'gguf:<file>' or 'hf:<folder>';
-see minirec_jax/models/backbones.py), tasks (with a backbone: 'next_sid', the short next-SID
-template only, or 'mix', the five SFT tasks at the budget `llm.tasks` states), tiny (a
-seconds-long smoke config).
+minirec_jax/models/variants.py, or for arch=tiger from models/encoder_decoder.py), sids
+('official' = the dataset's own index.json SIDs, or 'tokenizer' = a train_tokenizer workdir
+given by sids.path), backbone (a pretrained language model instead of our decoder from scratch:
+'smollm2-135m', 'gguf:<file>' or 'hf:<folder>'; see minirec_jax/models/backbones.py), arch
+('decoder', or 'tiger': TIGER's T5-style encoder-decoder from scratch), tasks (with a backbone:
+'next_sid', the short next-SID template only, or 'mix', the five SFT tasks at the budget
+`llm.tasks` states), tiny (a seconds-long smoke config).
 """
 
 import os
@@ -33,7 +34,7 @@ def _backbone_name(spec: str) -> str:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg, dataset='industrial', variant='S', sids='official', backbone='',
-                   tasks='next_sid', tiny=False)
+                   tasks='next_sid', arch='decoder', tiny=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data = data_config(args['dataset'])
@@ -48,6 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.depth = 0                 # > 0 overrides the variant's depth
   config.model.dtype = 'float32'         # compute dtype: 'float32' | 'bfloat16'
   config.model.backbone = args['backbone']  # '' = our decoder from scratch (variant)
+  config.model.arch = args['arch']       # 'decoder' | 'tiger' (the encoder-decoder, from scratch)
+  config.model.num_user_buckets = -1     # tiger: hashed user tokens (-1: the variant's)
   config.model.init = 'pretrained'       # with a backbone: 'random' keeps its architecture and
                                          # tokenizer but starts from random weights (a control)
 

@@ -23,13 +23,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from minirec_jax.data import pipeline
+from minirec_jax.data import seq2seq
 from minirec_jax.data import sid_sequences
+from minirec_jax.decoding import encoder_decoder as seq2seq_decoding
 from minirec_jax.decoding import prompted
 from minirec_jax.evaluation import item_lists
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
 from minirec_jax.infra import metric_logging
 from minirec_jax.models import decoder as decoder_lib
+from minirec_jax.models import encoder_decoder
 from minirec_jax.semantic_ids import catalogue as catalogue_lib
 from minirec_jax.semantic_ids import trie as trie_lib
 
@@ -52,6 +55,23 @@ def generate(config: decoder_lib.DecoderConfig, params, trie: trie_lib.SidTrie,
 
 
 target_log_probs = jax.jit(prompted.completion_log_probs, static_argnames=('config',))
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'beam_size'))
+def generate_seq2seq(config: encoder_decoder.EncoderDecoderConfig, params,
+                     trie: trie_lib.SidTrie, group_items: jax.Array, enc_tokens: jax.Array,
+                     enc_mask: jax.Array, *, beam_size: int,
+                     token_map: sid_sequences.SidTokenMap) -> tuple[jax.Array, jax.Array]:
+  """`generate` for the encoder-decoder: encoder inputs `[batch, S]` -> (item ids, log-probs)
+  `[batch, beam]`."""
+  result = seq2seq_decoding.beam_search(config, params, trie, enc_tokens, enc_mask,
+                                        beam_size=beam_size, token_map=token_map)
+  items = jnp.where(result.items >= 0, group_items[jnp.maximum(result.items, 0)], -1)
+  return items, result.scores
+
+
+seq2seq_target_log_probs = jax.jit(seq2seq_decoding.completion_log_probs,
+                                   static_argnames=('config',))
 
 
 @dataclasses.dataclass(eq=False)
@@ -101,12 +121,41 @@ class Recommender:
     items, scores = item_lists.expand(*self.rank(params, p, k), members=self.members)
     return items[:, :k], scores[:, :k]
 
+  def target_log_probs(self, params, prompts: dict[str, np.ndarray],
+                       completion: np.ndarray) -> jax.Array:
+    """log p(completion token l | prompt, earlier ones) `[batch, L]`."""
+    return target_log_probs(self.config, params, prompts['tokens'], prompts['positions'],
+                            prompts['mask'], completion)
+
   def rank(self, params, prompts: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The top-k SIDs for prompts made by `prompts`, as group ids (`sids.item_to_group`
     values) `[batch, k]` (-1: no SID left) and their log-probs `[batch, k]`."""
     items, scores = generate(self.config, params, self.trie, self.group_items,
                              prompts['tokens'], prompts['positions'], prompts['mask'],
                              beam_size=k, token_map=self.token_map)
+    return np.asarray(items), np.asarray(scores)
+
+
+@dataclasses.dataclass(eq=False)
+class Seq2SeqRecommender(Recommender):
+  """The encoder-decoder (TIGER) as a `Recommender`: the history's SID tokens are the encoder
+  input (`data/seq2seq.py`), the SID is decoded under the same trie. A config with user
+  tokens needs each row's user id (`prompts(..., users=)`), which `recommend` does not have."""
+
+  def prompts(self, history: np.ndarray, history_len: np.ndarray,
+              users=None) -> dict[str, np.ndarray]:
+    return seq2seq.history_encoder_inputs(
+        history, history_len, self.item_tokens, self.prompt_items, user_ids=users,
+        num_user_buckets=self.config.num_user_buckets, vocab_size=self.config.vocab_size)
+
+  def target_log_probs(self, params, prompts, completion):
+    return seq2seq_target_log_probs(self.config, params, prompts['enc_tokens'],
+                                    prompts['enc_mask'], completion)
+
+  def rank(self, params, prompts, k):
+    items, scores = generate_seq2seq(self.config, params, self.trie, self.group_items,
+                                     prompts['enc_tokens'], prompts['enc_mask'], beam_size=k,
+                                     token_map=self.token_map)
     return np.asarray(items), np.asarray(scores)
 
 
@@ -131,13 +180,17 @@ def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_
   batches = pipeline.batched(subset, spec)
   for batch in metric_logging.track(batches, desc=f'eval {split}', unit='batch'):
     valid = batch['valid']
-    p = recommender.prompts(batch['history'], batch['history_len'])
+    users = None
+    if getattr(recommender.config, 'num_user_buckets', 0):  # TIGER's user tokens
+      users = [subset[int(i)]['user_id'] for i in batch['index']]
+    p = (recommender.prompts(batch['history'], batch['history_len']) if users is None
+         else recommender.prompts(batch['history'], batch['history_len'], users=users))
     items, scores = item_lists.expand(*recommender.rank(params, p, beam_size),
                                       members=recommender.members)
     totals = item_lists.add_counts(
         totals, item_lists.level_counts(items, batch['target'], to_group, valid=valid))
-    log_probs = target_log_probs(recommender.config, params, p['tokens'], p['positions'],
-                                 p['mask'], recommender.item_tokens[batch['target']])
+    log_probs = recommender.target_log_probs(params, p,
+                                             recommender.item_tokens[batch['target']])
     token_nll -= float(np.sum(np.asarray(log_probs) * valid[:, None]))
     if keep_predictions:
       for r in np.flatnonzero(valid):

@@ -101,7 +101,8 @@ class Policy:
   @property
   def name(self) -> str:
     """The method, e.g. 'GRPO (S)', for results tables."""
-    method = 'GRPO' if 'grpo' in self.config else 'SFT'
+    method = ('GRPO' if 'grpo' in self.config
+              else 'TIGER' if sft_loop.is_tiger(self.sft_config) else 'SFT')
     return f'{method} ({self.sft_config.model.variant})'
 
 

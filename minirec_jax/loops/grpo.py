@@ -86,6 +86,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run = run_lib.start(config, workdir)
   mesh = run.mesh
   policy = artifacts.load_policy(config.init_from)
+  if sft_loop.is_tiger(policy.sft_config):
+    raise ValueError(f'{config.init_from} holds a TIGER encoder-decoder: GRPO runs on '
+                     'decoder-only policies (no encoder-decoder rollouts yet)')
   s, max_history = policy.setup, policy.sft_config.data.max_history
   token_map = s.recommender.token_map
   trie = trie_lib.build_trie(s.sids.codes, s.sids.codebook_size, dedupe='first')

@@ -6,7 +6,9 @@ generative evaluation by `config.eval` that GRPO and experiments/evaluate.py sha
 
 Two policies share the loop, chosen by `config.model.backbone`:
 * '' (default): our decoder from scratch on a SID-only vocabulary (`config.model.variant`),
-  trained on chained SID sequences (`sid_sequences`);
+  trained on chained SID sequences (`sid_sequences`); with `config.model.arch='tiger'` the
+  T5-style encoder-decoder of TIGER instead (`models/encoder_decoder.py`: the history's SIDs
+  in, the target SID out; one example per row, `data/seq2seq.py`);
 * a pretrained language model ('smollm2-135m', 'gguf:<file>', 'hf:<folder>';
   models/backbones.py) with its vocabulary extended by SID tokens (`vocab_extension`), trained
   on the text tasks of `config.llm` (`llm_tasks`: task mixture, wording, exact packing), logits
@@ -31,6 +33,7 @@ import numpy as np
 from minirec_jax.data import llm_tasks
 from minirec_jax.data import loading
 from minirec_jax.data import pipeline
+from minirec_jax.data import seq2seq
 from minirec_jax.data import sid_sequences
 from minirec_jax.evaluation import generative
 from minirec_jax.evaluation import item_lists
@@ -42,10 +45,12 @@ from minirec_jax.infra import optim
 from minirec_jax.loops import run as run_lib
 from minirec_jax.models import backbones
 from minirec_jax.models import decoder as decoder_lib
+from minirec_jax.models import encoder_decoder
 from minirec_jax.models import variants
 from minirec_jax.models import vocab_extension
 from minirec_jax.semantic_ids import catalogue
 from minirec_jax.training import parallel
+from minirec_jax.training import seq2seq as seq2seq_steps
 from minirec_jax.training import sft
 from minirec_jax.training import state as state_lib
 
@@ -114,9 +119,12 @@ def setup(config: ml_collections.ConfigDict) -> SftSetup:
   dataset = loading.load(config.data)
   sids = catalogue.load_sids(config.sids, dataset)
   popularity = item_lists.train_popularity(dataset)
+  tiger = is_tiger(config)
   if config.model.get('backbone'):
     return _language_model_setup(config, dataset, sids, popularity)
   vocab = sid_sequences.SidVocab(sids.num_levels, sids.codebook_size)
+  if tiger:
+    return _tiger_setup(config, dataset, sids, vocab, popularity)
   overrides = {k: config.model[k] for k in ('width', 'depth') if config.model[k]}
   model_config = variants.decoder_config(config.model.variant, vocab_size=vocab.vocab_size,
                                          dtype=config.model.dtype, **overrides)
@@ -125,6 +133,28 @@ def setup(config: ml_collections.ConfigDict) -> SftSetup:
       model_config=model_config,
       recommender=generative.Recommender(model_config, sids, config.data.max_history,
                                          popularity))
+
+
+def is_tiger(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` trains the encoder-decoder (`model.arch`: 'decoder' | 'tiger')."""
+  arch = config.model.get('arch', 'decoder')
+  if arch not in ('decoder', 'tiger'):
+    raise ValueError(f"model.arch must be 'decoder' or 'tiger', got {arch!r}")
+  if arch == 'tiger' and config.model.get('backbone'):
+    raise ValueError('model.arch=tiger trains from scratch: unset model.backbone')
+  return arch == 'tiger'
+
+
+def _tiger_setup(config, dataset, sids, vocab, popularity) -> SftSetup:
+  if config.model.width or config.model.depth:
+    raise ValueError('model.width/depth override the decoder only; choose a TIGER variant')
+  users = config.model.get('num_user_buckets', -1)
+  model_config = encoder_decoder.encoder_decoder_config(
+      config.model.variant, vocab.vocab_size, dtype=config.model.dtype,
+      **({'num_user_buckets': users} if users >= 0 else {}))
+  return SftSetup(dataset=dataset, sids=sids, vocab=vocab, model=None, model_config=model_config,
+                  recommender=generative.Seq2SeqRecommender(
+                      model_config, sids, config.data.max_history, popularity))
 
 
 def _language_model_setup(config, dataset, sids, popularity) -> SftSetup:
@@ -187,6 +217,13 @@ def pack_splits(config: ml_collections.ConfigDict, s: SftSetup) -> tuple[
   its next-SID task over the rows that select checkpoints (`eval.max_examples`)."""
   max_history, seq_len = config.data.max_history, config.train.seq_len
   fraction = config.train.get('data_fraction', 1.0)
+  if isinstance(s.model_config, encoder_decoder.EncoderDecoderConfig):
+    item_tokens = s.vocab.item_tokens(s.sids.codes)
+    return tuple(seq2seq.examples(split_rows(s.dataset.split(split), max_history, f),
+                                  item_tokens, max_history,
+                                  num_user_buckets=s.model_config.num_user_buckets,
+                                  vocab_size=s.vocab.vocab_size)
+                 for split, f in (('train', fraction), ('valid', 1.0)))
   if s.language_model is None:
     item_tokens = s.vocab.item_tokens(s.sids.codes)
     return tuple(packed_arrays(packed_split(s.dataset.split(split), item_tokens, max_history,
@@ -225,6 +262,8 @@ def _state_parts(s: SftSetup, config, total_steps: int):
   if s.language_model is not None:
     pretrained = s.language_model.params
     return (lambda rng, params: params), tx, pretrained
+  if isinstance(s.model_config, encoder_decoder.EncoderDecoderConfig):
+    return (lambda rng, params: encoder_decoder.init_params(s.model_config, rng)), tx, None
   seq = config.train.seq_len
   tokens = jnp.zeros((1, seq), jnp.int32)
   mask = sft.segment_causal_mask(jnp.ones((1, seq), jnp.int32))
@@ -269,6 +308,27 @@ def evaluate(s: SftSetup, params, eval_config: ml_collections.ConfigDict, split:
                              keep_predictions=keep_predictions)
 
 
+@dataclasses.dataclass
+class _ModelSteps:
+  steps: tuple[Any, Any]  # (train step, eval step), pure
+  count_params: Any
+
+
+def _model_steps(s: SftSetup, config) -> tuple[_ModelSteps, dict]:
+  """The pure train/eval steps, parameter counter and FLOPs of the setup's model."""
+  c = s.model_config
+  if isinstance(c, encoder_decoder.EncoderDecoderConfig):
+    enc_len = seq2seq.encoder_width(config.data.max_history, s.sids.num_levels,
+                                    c.num_user_buckets)
+    return (_ModelSteps((seq2seq_steps.make_seq2seq_step(c),
+                         seq2seq_steps.make_seq2seq_eval_step(c)), encoder_decoder.count_params),
+            encoder_decoder.flops_per_token(c, enc_len, s.sids.num_levels))
+  apply_fn = sft.decoder_apply_fn(s.model)
+  return (_ModelSteps((sft.make_sft_step(apply_fn), sft.make_sft_eval_step(apply_fn)),
+                      decoder_lib.count_params),
+          decoder_lib.flops_per_token(c, config.train.seq_len))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, keeps the best checkpoint by config.eval.select_by, evaluates it; returns metrics.
 
@@ -283,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_size = config.train.batch_size
   local_batch_size = distributed.local_batch_size(batch_size)
   shard = distributed.data_shard()
-  num_train = len(train['tokens'])
+  num_train = len(next(iter(train.values())))
   per_process = pipeline.examples_per_epoch(num_train, shard['shard_count'])
   steps_per_epoch = per_process // local_batch_size
   if steps_per_epoch == 0:
@@ -292,7 +352,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_every = config.train.eval_every_steps or steps_per_epoch
   rng = jax.random.key(config.seed)
   state = init_state(s, config, total_steps, rng, mesh)
-  counts = decoder_lib.count_params(s.model_config)
+  steps_lib, flops = _model_steps(s, config)
+  counts = steps_lib.count_params(s.model_config)
   logging.info('model %s: %s params; %d packed train sequences, %d steps',
                config.model.variant, counts, num_train, total_steps)
 
@@ -303,13 +364,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_iter = iter(data)
   state, _ = run_lib.resume(ckpts, state, data_iter)
 
-  apply_fn = sft.decoder_apply_fn(s.model)
-  train_step = parallel.jit_data_parallel(sft.make_sft_step(apply_fn), mesh,
+  make_step, make_eval_step = steps_lib.steps
+  train_step = parallel.jit_data_parallel(make_step, mesh,
                                           state_sharding=parallel.state_sharding(state, mesh),
                                           max_traces=1)  # static batch shapes
-  eval_step = jax.jit(sft.make_sft_eval_step(apply_fn))
-  run.writer.write(int(state.step), {**counts, **decoder_lib.flops_per_token(
-      s.model_config, config.train.seq_len)}, prefix='model/')
+  eval_step = jax.jit(make_eval_step)
+  run.writer.write(int(state.step), {**counts, **flops}, prefix='model/')
   progress = metric_logging.Progress(total_steps, 'sft', unit='step', start=int(state.step))
   step = int(state.step)
   window_start = time.perf_counter()
@@ -343,7 +403,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ckpts.save(step, state, data_state=data_iter.get_state(), metrics=eval_metrics)
   progress.close()
   best_state, best_step, best_metrics = run_lib.restore_best(ckpts, state)
-  results = report(config, workdir, s, best_state.params, f'SFT ({config.model.variant})')
+  method = 'TIGER' if is_tiger(config) else 'SFT'
+  results = report(config, workdir, s, best_state.params, f'{method} ({config.model.variant})')
   results.update({'best_step': best_step, 'best_valid_during_training': best_metrics})
   return run.finish(total_steps, results)
 
