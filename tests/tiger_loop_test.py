@@ -24,24 +24,33 @@ def _config(root, **model):
   return config
 
 
-@pytest.mark.parametrize('users', [0, 8])
-def test_tiger_trains_evaluates_and_reloads(tmp_path, users):
-  config = _config(tmp_path, num_user_buckets=users)
+def test_tiger_trains_evaluates_and_reloads(tmp_path):
+  config = _config(tmp_path)
   workdir = str(tmp_path / 'tiger')
   results = sft_loop.train_and_evaluate(config, workdir)
   assert results['test']['examples'] > 0 and 0 <= results['test']['hr@10'] <= 1
   policy = artifacts.load_policy(workdir)
   assert policy.name == 'TIGER (tiny)'
   assert isinstance(policy.setup.model_config, encoder_decoder.EncoderDecoderConfig)
-  assert policy.setup.model_config.num_user_buckets == users
-  if not users:
-    items, scores = policy.setup.recommender.recommend(policy.params, np.array([[0, 1, 2]]),
-                                                       np.array([3]), k=5)
-    assert items.shape == (1, 5) and np.all(np.diff(scores[0]) <= 1e-6)
-    grpo = load_config('configs/grpo.py:tiny')
-    grpo.init_from = workdir
-    with pytest.raises(ValueError, match='TIGER'):
-      grpo_loop.train_and_evaluate(grpo, str(tmp_path / 'grpo'))
+  items, scores = policy.setup.recommender.recommend(policy.params, np.array([[0, 1, 2]]),
+                                                     np.array([3]), k=5)
+  assert items.shape == (1, 5) and np.all(np.diff(scores[0]) <= 1e-6)
+  grpo = load_config('configs/grpo.py:tiny')
+  grpo.init_from = workdir
+  with pytest.raises(ValueError, match='TIGER'):
+    grpo_loop.train_and_evaluate(grpo, str(tmp_path / 'grpo'))
+
+
+def test_user_tokens_lead_the_encoder_input(tmp_path):
+  config = _config(tmp_path, num_user_buckets=8)
+  rec = sft_loop.setup(config).recommender
+  prompts = rec.prompts(np.array([[0, 1, -1], [2, -1, -1]]), np.array([2, 1]),
+                        users=[b'A1', b'A2'])
+  vocab = rec.config.vocab_size
+  for row, n in enumerate([2, 1]):
+    real = prompts['enc_tokens'][row][prompts['enc_mask'][row]]
+    assert len(real) == 1 + 3 * n and vocab <= real[0] < vocab + 8
+    np.testing.assert_array_equal(real[1:], rec.item_tokens[[0, 1] if n == 2 else [2]].ravel())
 
 
 def test_tiger_with_a_backbone_is_refused(tmp_path):
