@@ -37,7 +37,7 @@ def _train(mesh, num_steps=3):
   config = ml_collections.ConfigDict({'train': {'seq_len': SEQ},
                                       'optim': optimizer_config(lr=1e-2, weight_decay=0.01,
                                                                 eps=1e-4)})
-  setup = types.SimpleNamespace(model=model, language_model=None)
+  setup = types.SimpleNamespace(model=model, model_config=model.config, language_model=None)
   state = sft_loop.init_state(setup, config, num_steps, jax.random.key(0), mesh)
   chex.clear_trace_counter()  # counts are per wrapping site, shared by calls of _train
   step = chex.assert_max_traces(sft.make_sft_step(sft.decoder_apply_fn(model)), n=1)

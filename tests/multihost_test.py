@@ -58,7 +58,7 @@ def _train(batches: list[dict], mesh=None):
   config = ml_collections.ConfigDict({'train': {'seq_len': SEQ},
                                       'optim': optimizer_config(lr=1e-2, eps=1e-4,
                                                                 clip_norm=0)})
-  setup = types.SimpleNamespace(model=model, language_model=None)
+  setup = types.SimpleNamespace(model=model, model_config=model.config, language_model=None)
   state = sft_loop.init_state(setup, config, STEPS, jax.random.key(0), mesh)
   step = sft.make_sft_step(sft.decoder_apply_fn(model))
   if mesh is None:
