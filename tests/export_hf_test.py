@@ -318,14 +318,7 @@ def test_transformers_beam_search_gives_our_top_items(exported, transformers):
       model, p, hf_reference.prefix_table(np.asarray(cat['item_tokens'])), beam=beam,
       num_levels=cat['num_levels'])
   # Their SIDs -> items through the exported groups only (as a user of the folder would).
-  by_tokens = {tuple(g['tokens']): g['items'] for g in cat['groups']}
-  theirs = np.full((len(lengths), k + 1), -1)
-  their_scores = np.zeros((len(lengths), k + 1))
-  for row in range(len(lengths)):
-    ranked = [(item, score) for sid, score in zip(tokens[row].tolist(), scores[row])
-              for item in by_tokens.get(tuple(sid), [])][:k + 1]
-    theirs[row, :len(ranked)] = [item for item, _ in ranked]
-    their_scores[row, :len(ranked)] = [score for _, score in ranked]
+  theirs, their_scores = hf_reference.catalogue_items(cat, tokens, scores, k + 1)
   assert (theirs >= 0).all()
   strict, ties_aside = hf_reference.ranked_agreement(ours[:, :k + 1], our_scores[:, :k + 1],
                                                      theirs, their_scores, k, tol=1e-4)

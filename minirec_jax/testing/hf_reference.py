@@ -163,3 +163,19 @@ def logits_parity(config, params, model, prompts: dict[str, np.ndarray], k: int,
   return {'positions': int(mask.sum()), 'logits_max_abs_diff': float(np.abs(ours - theirs).max()),
           f'top{k}_tokens_equal_rate': float(strict.mean()),
           f'top{k}_tokens_agree_ties_aside_rate': float(ties_aside.mean())}
+
+
+def catalogue_items(catalogue: dict, tokens: np.ndarray, scores: np.ndarray,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+  """A beam search's SID tokens `[users, beam, L]` and scores -> the top-k items `[users, k]`
+  (-1 where fewer) and their SIDs' scores, each SID expanded into its items through an
+  exported `sid_catalogue.json` (`catalogue`), as a user of the exported folder would."""
+  by_tokens = {tuple(g['tokens']): g['items'] for g in catalogue['groups']}
+  items = np.full((len(tokens), k), -1)
+  item_scores = np.zeros((len(tokens), k))
+  for row in range(len(tokens)):
+    ranked = [(item, score) for sid, score in zip(np.asarray(tokens[row]).tolist(), scores[row])
+              for item in by_tokens.get(tuple(sid), [])][:k]
+    items[row, :len(ranked)] = [item for item, _ in ranked]
+    item_scores[row, :len(ranked)] = [score for _, score in ranked]
+  return items, item_scores
