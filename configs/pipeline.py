@@ -5,7 +5,8 @@ synthetic with tiny), scale ('quick': reduced sizes for a CPU run; 'paper': the 
 defaults, i.e. the paper's recipe; default quick for ml100k/ml100k_loo/synthetic, paper for
 industrial/office), tiny (synthetic data and tiny models: a test-sized run), backbone (the SFT
 and GRPO policy is a pretrained language model extended with SID tokens: 'smollm2-135m',
-'gguf:<file>' or 'hf:<folder>'; see configs/sft.py).
+'gguf:<file>' or 'hf:<folder>'; see configs/sft.py), tiger (also train TIGER's encoder-decoder
+on the same SIDs: a `tiger` section, configs/sft.py with arch=tiger, and a TIGER table row).
 
 The sections are the stage configs (configs/{dataset,tokenizer,sft,sasrec,grpo}.py; popularity
 is configs/sasrec.py with variant=pop) and every field is overridable, e.g.
@@ -30,7 +31,12 @@ def _quick(config: ml_collections.ConfigDict) -> None:
                                            'reseed_until': 150})
   config.sft.model.variant = 'XS'
   config.sft.train.epochs = 1
-  for stage in ('sft', 'grpo'):
+  if 'tiger' in config:
+    config.tiger.model.variant = 'XS'
+    config.tiger.train.epochs = 1
+  for stage in ('sft', 'grpo', 'tiger'):
+    if stage not in config:
+      continue
     config[stage].eval.beam_size = 20
     config[stage].eval.max_examples = 500        # valid rows that pick the best checkpoint
     config[stage].eval.report_max_examples = 2000  # the table's test rows
@@ -42,7 +48,7 @@ def _quick(config: ml_collections.ConfigDict) -> None:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, dataset='', scale='', tiny=False, backbone='')
+  args = parse_arg(arg, dataset='', scale='', tiny=False, backbone='', tiger=False)
   dataset = args['dataset'] or ('synthetic' if args['tiny'] else 'ml100k')
   scale = args['scale'] or ('paper' if dataset in _PAPER_DATASETS else 'quick')
   if scale not in ('quick', 'paper'):
@@ -61,8 +67,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sasrec = load_config(f'configs/sasrec.py:dataset={dataset},variant=recbole{tiny}')
   config.popularity = load_config(f'configs/sasrec.py:dataset={dataset},variant=pop{tiny}')
   config.grpo = load_config(f'configs/grpo.py{":tiny" if tiny else ""}')
-  for stage in ('tokenizer', 'sft', 'sasrec', 'popularity'):
-    config[stage].data = config.dataset.data
+  if args['tiger']:
+    config.tiger = load_config(f'configs/sft.py:dataset={dataset},sids=tokenizer,arch=tiger{tiny}')
+  for stage in ('tokenizer', 'sft', 'sasrec', 'popularity', 'tiger'):
+    if stage in config:
+      config[stage].data = config.dataset.data
   config.evaluation = ml_collections.ConfigDict({'ks': ranking.DEFAULT_KS, 'split': 'test'})
   if scale == 'quick' and not tiny:
     _quick(config)

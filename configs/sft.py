@@ -121,6 +121,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args['tasks'] == 'mix':  # title-history examples reach cutoff_len
       config.train.seq_len = 512
       config.train.batch_size = 4
+  if args['arch'] == 'tiger':
+    # One example per train row (no chained sequences): TIGER's batch of 256, 8 epochs with
+    # weight decay 0.1 (decoder S's recommended protocol, docs/RESULTS.md).
+    config.train.batch_size = 256
+    config.train.epochs = 8
+    config.optim.weight_decay = 0.1
   if args['tiny']:
     config.model.variant = _backbone_name(args['backbone']) if args['backbone'] else 'tiny'
     config.train.seq_len = 64

@@ -138,7 +138,7 @@ def finished_llm_pipeline(tmp_path_factory):
 
 def test_language_model_pipeline_runs_end_to_end(finished_llm_pipeline):
   folder, workdir, result = finished_llm_pipeline
-  assert result.status == {stage: 'ran' for stage in ep.STAGES}
+  assert result.status == {stage: 'ran' for stage in ep.STAGES if stage != 'tiger'}
   with open(os.path.join(workdir, 'sft', 'results.json')) as f:
     sft_results = json.load(f)
   assert sft_results['test']['examples'] > 0

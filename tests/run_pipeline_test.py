@@ -17,17 +17,20 @@ from minirec_jax.pipeline import registry
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO, 'experiments', 'run_pipeline.py')
 TABLE_ROWS = ('| Most popular |', '| SASRec |', '| minirec-jax SFT (tiny) |',
-              '| minirec-jax SFT+GRPO (tiny) |')
+              '| minirec-jax SFT+GRPO (tiny) |', '| TIGER (tiny) |')
+# The default stages plus the optional TIGER stage and row.
+PIPELINE = 'tiny,tiger=True'
+RUN_STAGES = list(ep.stages(load_config(f'configs/pipeline.py:{PIPELINE}'), '/'))
 
 
 # One device instead of conftest's 4 fake ones: the sharded programs compile slower on 2
 # cores, and multi-device training has its own tests.
-MESH_STAGES = ('sft', 'sasrec', 'popularity', 'grpo')
+MESH_STAGES = ('sft', 'sasrec', 'popularity', 'grpo', 'tiger')
 ONE_DEVICE = tuple(f'--config.{stage}.mesh.num_devices=1' for stage in MESH_STAGES)
 
 
 def _config(tfds_dir):
-  config = load_config('configs/pipeline.py:tiny')
+  config = load_config(f'configs/pipeline.py:{PIPELINE}')
   config.dataset.data.data_dir = tfds_dir  # shared by every stage
   for stage in MESH_STAGES:
     config[stage].mesh.num_devices = 1
@@ -37,7 +40,7 @@ def _config(tfds_dir):
 def _markers(workdir):
   """stage -> (DONE.json text, its mtime in ns)."""
   out = {}
-  for stage in ep.STAGES:
+  for stage in RUN_STAGES:
     path = os.path.join(workdir, stage, ep.DONE_FILE)
     with open(path) as f:
       out[stage] = (f.read(), os.stat(path).st_mtime_ns)
@@ -54,9 +57,10 @@ def finished(tmp_path_factory):
 
 def test_every_stage_finishes_with_a_marker_and_the_table(finished):
   tfds_dir, workdir, result = finished
-  assert result.status == {stage: 'ran' for stage in ep.STAGES}
+  assert RUN_STAGES == list(ep.STAGES)  # with TIGER on, every registered stage runs
+  assert result.status == {stage: 'ran' for stage in RUN_STAGES}
   keys = ep.stage_keys(ep.stages(_config(tfds_dir), workdir))
-  for stage in ep.STAGES:
+  for stage in RUN_STAGES:
     with open(os.path.join(workdir, stage, ep.DONE_FILE)) as f:
       done = json.load(f)
     assert done['stage'] == stage and done['key'] == keys[stage] and done['seconds'] >= 0
@@ -65,8 +69,9 @@ def test_every_stage_finishes_with_a_marker_and_the_table(finished):
     grpo = json.load(f)
   assert grpo['init_from'] == os.path.join(workdir, 'sft')
   assert grpo['grpo']['reward_model'] == ''  # no collaborative reward by default
-  with open(os.path.join(workdir, 'sft', ep.CONFIG_FILE)) as f:
-    assert json.load(f)['sids']['path'] == os.path.join(workdir, 'semantic_ids')
+  for stage in ('sft', 'tiger'):
+    with open(os.path.join(workdir, stage, ep.CONFIG_FILE)) as f:
+      assert json.load(f)['sids']['path'] == os.path.join(workdir, 'semantic_ids')
   with open(os.path.join(workdir, ep.CONFIG_FILE)) as f:
     assert json.load(f)['dataset']['data']['data_dir'] == tfds_dir
 
@@ -94,11 +99,12 @@ def test_rerun_of_the_binary_skips_every_stage(finished):
   tfds_dir, workdir, result = finished
   before = _markers(workdir)
   done = subprocess.run(
-      [sys.executable, BINARY, f'--config={os.path.join(REPO, "configs", "pipeline.py")}:tiny',
+      [sys.executable, BINARY,
+       f'--config={os.path.join(REPO, "configs", "pipeline.py")}:{PIPELINE}',
        f'--config.dataset.data.data_dir={tfds_dir}', *ONE_DEVICE, f'--workdir={workdir}'],
       capture_output=True, text=True, cwd=REPO)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert ', '.join(f'{s}: skipped' for s in ep.STAGES) in done.stdout
+  assert ', '.join(f'{s}: skipped' for s in RUN_STAGES) in done.stdout
   assert all(row in done.stdout for row in TABLE_ROWS)
   assert _markers(workdir) == before
 
@@ -130,7 +136,7 @@ def test_stage_without_marker_is_rerun_and_later_ones_kept(finished):
   before = _markers(workdir)
   os.remove(os.path.join(workdir, 'sasrec', ep.DONE_FILE))
   again = ep.run(_config(tfds_dir), workdir)
-  assert again.status == {s: 'resumed' if s == 'sasrec' else 'skipped' for s in ep.STAGES}
+  assert again.status == {s: 'resumed' if s == 'sasrec' else 'skipped' for s in RUN_STAGES}
   after = _markers(workdir)
   assert after['sasrec'][1] > before['sasrec'][1]
   assert {s: m for s, m in after.items() if s != 'sasrec'} == {
@@ -155,7 +161,7 @@ def test_collaborative_reward_reads_the_pipelines_sasrec(tmp_path):
   config.sasrec.train.epochs += 1
   after = ep.stage_keys(ep.stages(config, str(tmp_path)))
   assert all((before[s] != after[s]) == (s in ('sasrec', 'grpo', 'evaluation'))
-             for s in ep.STAGES)
+             for s in before)
 
 
 def test_evaluate_methods_uses_the_common_rows_and_sid_groups(tmp_path):
@@ -201,10 +207,11 @@ def test_registered_stages_run_after_their_inputs(tmp_path):
   extended.register_method('item_knn', 'Item-KNN')
   config = load_config('configs/pipeline.py:tiny')
   plan = extended.plan(config, str(tmp_path))
-  assert list(plan.stages) == [*ep.STAGES[:-1], 'item_knn', 'evaluation']
+  default = [s for s in ep.STAGES if s != 'tiger']  # TIGER runs only when configured
+  assert list(plan.stages) == [*default[:-1], 'item_knn', 'evaluation']
   assert plan.stages['evaluation'].deps == ('popularity', 'sasrec', 'sft', 'grpo', 'item_knn')
   assert [m.display_name(plan) for m in plan.methods][-1] == 'Item-KNN'
-  assert list(ep.stages(config, str(tmp_path))) == list(ep.STAGES)  # the default is unchanged
+  assert list(ep.stages(config, str(tmp_path))) == default  # the default is unchanged
 
   toy = _toy_registry({'report': ('train',), 'train': ('data',), 'eval': ('train',), 'data': ()})
   order = list(toy.plan(ml_collections.ConfigDict(), str(tmp_path)).stages)

@@ -1,6 +1,9 @@
 """TIGER through the SFT loop (`configs/sft.py:...,arch=tiger`): trains, evaluates with the same
 trie and metrics, reloads, and is refused where it does not fit (GRPO, a backbone)."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -35,6 +38,13 @@ def test_tiger_trains_evaluates_and_reloads(tmp_path):
   items, scores = policy.setup.recommender.recommend(policy.params, np.array([[0, 1, 2]]),
                                                      np.array([3]), k=5)
   assert items.shape == (1, 5) and np.all(np.diff(scores[0]) <= 1e-6)
+  # The epoch's training FLOPs the loop logs are epoch_cost's: every example of a full batch.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    model = next(r for r in map(json.loads, f) if 'model/train_flops_per_epoch' in r)
+  cost = sft_loop.epoch_cost(config)
+  assert model['model/train_flops_per_epoch'] == cost['train_flops_per_epoch'] > 0
+  assert cost['train_flops_per_epoch'] == (model['model/train_flops_per_example'] *
+                                           cost['steps_per_epoch'] * config.train.batch_size)
   grpo = load_config('configs/grpo.py:tiny')
   grpo.init_from = workdir
   with pytest.raises(ValueError, match='TIGER'):

@@ -329,6 +329,25 @@ def _model_steps(s: SftSetup, config) -> tuple[_ModelSteps, dict]:
           decoder_lib.flops_per_token(c, config.train.seq_len))
 
 
+def train_flops_per_epoch(flops: dict, config, steps_per_epoch: int) -> float:
+  """Matmul FLOPs of one epoch's training steps (`_model_steps`' per-token or per-example
+  counts, padding included: every position of a batch is computed)."""
+  per_row = flops.get('train_flops_per_example') or (
+      flops['train_flops_per_token'] * config.train.seq_len)
+  return float(per_row) * steps_per_epoch * config.train.batch_size
+
+
+def epoch_cost(config: ml_collections.ConfigDict) -> dict:
+  """The model's parameter counts, steps per epoch and training FLOPs per epoch under
+  `config` (one process), without training: for comparisons at matched compute."""
+  s = setup(config)
+  train, _ = pack_splits(config, s)
+  steps_per_epoch = len(next(iter(train.values()))) // config.train.batch_size
+  steps_lib, flops = _model_steps(s, config)
+  return {**steps_lib.count_params(s.model_config), 'steps_per_epoch': steps_per_epoch,
+          'train_flops_per_epoch': train_flops_per_epoch(flops, config, steps_per_epoch)}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, keeps the best checkpoint by config.eval.select_by, evaluates it; returns metrics.
 
@@ -369,7 +388,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                           state_sharding=parallel.state_sharding(state, mesh),
                                           max_traces=1)  # static batch shapes
   eval_step = jax.jit(make_eval_step)
-  run.writer.write(int(state.step), {**counts, **flops}, prefix='model/')
+  run.writer.write(int(state.step), {
+      **counts, **flops,
+      'train_flops_per_epoch': train_flops_per_epoch(flops, config, steps_per_epoch)},
+      prefix='model/')
   progress = metric_logging.Progress(total_steps, 'sft', unit='step', start=int(state.step))
   step = int(state.step)
   window_start = time.perf_counter()

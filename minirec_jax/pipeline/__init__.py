@@ -23,7 +23,8 @@ from minirec_jax.pipeline.runner import stage_keys
 from minirec_jax.pipeline.runner import StageMismatchError
 from minirec_jax.pipeline.runner import stages
 
-# The registered stages in registration order, which is also their run order.
+# Every registered stage in registration order, which is also their run order (a config plans
+# those it enables: TIGER's only with a `tiger` section).
 STAGES = REGISTRY.stage_names()
 
 __all__ = ['CONFIG_FILE', 'DONE_FILE', 'REGISTRY', 'STAGES', 'PipelineResult', 'StageGraphError',

@@ -6,6 +6,8 @@ Stages, in run order, each in `<workdir>/<stage>/`:
   embeddings    item text embeddings (MiniLM, or a user .npy) -> embeddings.npy
   semantic_ids  RQ-VAE / RQ-KMeans codes -> collision-free SIDs (semantic_ids/stage.py)
   sft           generative recommender on those SIDs (loops/sft.py)
+  tiger         optional (a `tiger` config section): TIGER's encoder-decoder on the same SIDs
+                (loops/sft.py with model.arch='tiger')
   sasrec        the SASRec baseline, also the collaborative reward model (loops/sasrec.py)
   popularity    the most-popular baseline (the same loop, variant 'pop': no training)
   grpo          GRPO from the best SFT checkpoint (loops/grpo.py)
@@ -13,8 +15,8 @@ Stages, in run order, each in `<workdir>/<stage>/`:
                 predictions files (results.py)
 
 Rows, in the table's order: most popular and SASRec (full ranking over items), SFT and
-SFT+GRPO (generated SIDs, each standing for its items); every row at item level and, read
-through the SFT's SID groups, at SID level.
+SFT+GRPO (generated SIDs, each standing for its items), then TIGER when its stage runs; every
+row at item level and, read through the SFT's SID groups, at SID level.
 """
 
 from __future__ import annotations
@@ -103,21 +105,29 @@ def _loop_stage(train: Callable[[ml_collections.ConfigDict, str], dict]) -> regi
   return run
 
 
-def _sft_reads_pipeline_sids(config: ml_collections.ConfigDict) -> bool:
-  """Whether SFT trains on this workdir's semantic_ids stage (a tokenizer source, no path)."""
-  return config.sft.sids.source == 'tokenizer' and not config.sft.sids.path
+def _reads_pipeline_sids(config: ml_collections.ConfigDict, stage: str) -> bool:
+  """Whether `stage` (sft or tiger) trains on this workdir's semantic_ids stage (a tokenizer
+  source, no path)."""
+  return config[stage].sids.source == 'tokenizer' and not config[stage].sids.path
 
 
-def _sft_config(context: registry.Context) -> ml_collections.ConfigDict:
-  sft = _copy(context.config.sft)
-  if _sft_reads_pipeline_sids(context.config):
-    sft.sids.path = context.folder('semantic_ids')
-  return sft
+def _generative_stage(stage: str, **kwargs) -> None:
+  """Registers `stage`, a loops/sft.py run on this workdir's SIDs unless its config names
+  others."""
+
+  def configure(context: registry.Context) -> ml_collections.ConfigDict:
+    config = _copy(context.config[stage])
+    if _reads_pipeline_sids(context.config, stage):
+      config.sids.path = context.folder('semantic_ids')
+    return config
+
+  registry.register_stage(
+      stage, _loop_stage(sft_loop.train_and_evaluate), configure=configure,
+      inputs=lambda ctx: ('semantic_ids',) if _reads_pipeline_sids(ctx.config, stage)
+      else ('dataset',), **kwargs)
 
 
-registry.register_stage(
-    'sft', _loop_stage(sft_loop.train_and_evaluate), configure=_sft_config,
-    inputs=lambda ctx: ('semantic_ids',) if _sft_reads_pipeline_sids(ctx.config) else ('dataset',))
+_generative_stage('sft')
 registry.register_stage('sasrec', _loop_stage(sasrec_train.train_sasrec), inputs=('dataset',))
 registry.register_stage('popularity', _loop_stage(sasrec_train.train_sasrec),
                         inputs=('dataset',))
@@ -156,6 +166,9 @@ def _run_evaluation(config, folder: str, plan: registry.Plan) -> dict:
           'metrics': {name: m['metrics'] for name, m in results['methods'].items()}}
 
 
+_generative_stage('tiger', enabled=lambda config: 'tiger' in config)
+
+
 registry.register_stage(EVALUATION, _run_evaluation,
                         inputs=lambda ctx: tuple(m.stage for m in ctx.methods))
 
@@ -174,3 +187,5 @@ registry.register_method('popularity', 'Most popular', _sft_sid_groups)
 registry.register_method('sasrec', 'SASRec', _sft_sid_groups)
 registry.register_method('sft', _generative_name('SFT'), _sft_sid_groups)
 registry.register_method('grpo', _generative_name('SFT+GRPO'), _sft_sid_groups)
+registry.register_method(
+    'tiger', lambda plan: f"TIGER ({plan.stages['tiger'].config.model.variant})", _sft_sid_groups)

@@ -7,7 +7,8 @@ display name and the item -> SID group map of its SID-level metrics. Planning a
 pipeline config into a workdir evaluates all of these and orders the stages so that every stage
 runs after the stages it reads; among the stages ready to run, the one registered first goes
 first, so the order is deterministic and a registration order that already respects the inputs
-is kept as it is.
+is kept as it is. A stage may be optional (`enabled`, a function of the pipeline config): a
+disabled stage is not planned, and neither is its table row.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class _StageDef:
   inputs: Callable[[Context], tuple[str, ...]]
   configure: Callable[[Context], ml_collections.ConfigDict]
   run: RunFn
+  enabled: Callable[[ml_collections.ConfigDict], bool]
 
 
 class Registry:
@@ -104,6 +106,7 @@ class Registry:
   def register_stage(self, name: str, run: RunFn, *,
                      inputs: tuple[str, ...] | Callable[[Context], tuple[str, ...]] = (),
                      configure: Callable[[Context], ml_collections.ConfigDict] | None = None,
+                     enabled: Callable[[ml_collections.ConfigDict], bool] | None = None,
                      ) -> None:
     """Adds a stage.
 
@@ -114,12 +117,15 @@ class Registry:
         depend on the config, e.g. a path left empty and filled with another stage's folder).
       configure: context -> the stage's effective config; by default a copy of the pipeline
         config's section named like the stage.
+      enabled: pipeline config -> whether the stage (and its table row) is planned; by default
+        always.
     """
     if name in self._stages:
       raise StageGraphError(f'stage {name!r} is registered twice')
     self._stages[name] = _StageDef(
         inputs if callable(inputs) else lambda context: inputs,
-        configure or (lambda context: context.config[name].copy_and_resolve_references()), run)
+        configure or (lambda context: context.config[name].copy_and_resolve_references()), run,
+        enabled or (lambda config: True))
 
   def register_method(self, stage: str, name: str | Callable[[Plan], str],
                       item_groups: ItemGroups | None = None) -> None:
@@ -138,10 +144,13 @@ class Registry:
     return tuple(self._stages)
 
   def plan(self, config: ml_collections.ConfigDict, workdir: str) -> Plan:
-    """Every stage's effective config and inputs for `config` in `workdir`, in run order."""
-    context = Context(config, workdir, tuple(self._methods.values()))
+    """Every enabled stage's effective config and inputs for `config` in `workdir`, in run
+    order, and the table rows of those stages."""
+    enabled = {name: d for name, d in self._stages.items() if d.enabled(config)}
+    context = Context(config, workdir,
+                      tuple(m for m in self._methods.values() if m.stage in enabled))
     planned = {name: Stage(name, d.configure(context), tuple(d.inputs(context)), d.run)
-               for name, d in self._stages.items()}
+               for name, d in enabled.items()}
     order = run_order({name: s.deps for name, s in planned.items()})
     return Plan(config, workdir, context.methods, {name: planned[name] for name in order})
 
