@@ -52,7 +52,7 @@ _RANDOM_CONFIG = flags.DEFINE_string('random_config', 'configs/sft.py:dataset=in
                                      'The SFT config of --random_init.')
 _TOP_K = flags.DEFINE_integer('top_k', 10, 'Items per user (the beam), offline and served.')
 _MAX_BATCH = flags.DEFINE_integer('max_batch', 64, 'Server: histories per model call.')
-_MAX_WAIT = flags.DEFINE_float('max_wait_ms', 5.0, 'Server: longest wait for a batch.')
+_MAX_WAIT = flags.DEFINE_float('max_wait_ms', 0.0, 'Server: longest wait for a batch.')
 _CONCURRENCY = flags.DEFINE_list('concurrency', ['1', '8', '32'], 'Clients, one level a phase.')
 _REQUESTS = flags.DEFINE_list('requests', ['1000', '4000', '6000'],
                               'Requests per concurrency level (the defaults total 11,000).')

@@ -1,13 +1,13 @@
 """An HTTP JSON recommendation service for a trained workdir (SFT, GRPO or train_sasrec).
 
   python experiments/serve.py --workdir workdirs/sft_ind_S_ours_s0 --port 8080 \
-      [--host 127.0.0.1] [--max_batch 64] [--max_wait_ms 5] [--top_k 10]
+      [--host 127.0.0.1] [--max_batch 64] [--max_wait_ms 0] [--top_k 10]
 
   curl -s localhost:8080/recommend -d '{"histories": [[3, 8, 12], [5]], "top_k": 5}'
   curl -s localhost:8080/healthz
 
-Concurrent requests are batched into one model call (up to --max_batch histories, waiting at
-most --max_wait_ms); every batch size the server pads to is compiled before the port opens.
+Concurrent requests are batched into one model call (up to --max_batch histories: those that
+arrived while the previous call ran, or waiting up to --max_wait_ms > 0); every batch size the server pads to is compiled before the port opens.
 --top_k is the beam and the most items a request may ask for. Errors are JSON {"error": ...}
 (4xx for a bad request, 500 for a model failure). See minirec_jax/serving/server.py.
 --random_init serves model S with random parameters on Industrial (load tests, no workdir).
@@ -29,7 +29,7 @@ _PORT = flags.DEFINE_integer('port', 8080, 'Port to listen on.', lower_bound=0)
 _TOP_K = flags.DEFINE_integer('top_k', 10, 'Beam width: the most items a request may ask for.',
                               lower_bound=1)
 _MAX_BATCH = flags.DEFINE_integer('max_batch', 64, 'Histories per model call.', lower_bound=1)
-_MAX_WAIT = flags.DEFINE_float('max_wait_ms', 5.0, 'Longest wait for a batch to fill.',
+_MAX_WAIT = flags.DEFINE_float('max_wait_ms', 0.0, 'Longest wait for a batch to fill (0: none).',
                                lower_bound=0.0)
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', [], 'Padded batch shapes (default: powers of '
                                  'two up to --max_batch).')

@@ -13,7 +13,9 @@ item ids, empty histories or a bad top_k; 413 for too many histories or too long
 the model call fails. A bad request never stops the service.
 
 Batching: a single worker thread (`Batcher`) takes the pending histories of all requests, up to
-`max_batch` rows or until the oldest has waited `max_wait_ms`, runs one model call on them
+`max_batch` rows: whatever has arrived when it is free (requests pile up while a call runs, so
+batches grow with the load) or, with `max_wait_ms` > 0, until the oldest has waited that long.
+It runs one model call on them
 padded to the next of a few fixed batch sizes (powers of two up to `max_batch`, all compiled at
 start-up), and resolves each request's future with its own rows. The model never runs on the
 event loop, which only parses, validates and awaits.
@@ -92,13 +94,15 @@ class Batcher:
 
   `submit` (any thread) returns a future of (items `[n, k]`, scores `[n, k]`) for n padded
   histories. The worker collects rows until it has `max_batch` of them or the oldest waiting
-  request arrived `max_wait_ms` ago, takes up to `max_batch` rows in arrival order (a request
-  larger than that spans several calls), pads them to the next of `sizes` with copies of the
-  first row and makes one call. `max_pending` rows may wait at most; more is `Overloaded`.
+  request arrived `max_wait_ms` ago (0, the default: what has arrived when the worker is free;
+  a wait for a batch to fill adds that wait to every request at low load, while at high load
+  requests queue behind the running call anyway), takes up to `max_batch` rows in arrival
+  order (a request larger than that spans several calls), pads them to the next of `sizes`
+  with copies of the first row and makes one call. `max_pending` rows may wait at most; more is `Overloaded`.
   """
 
   def __init__(self, recommend_fn: recommend.RecommendFn, *, max_history: int, top_k: int,
-               max_batch: int = 64, max_wait_ms: float = 5.0,
+               max_batch: int = 64, max_wait_ms: float = 0.0,
                sizes: list[int] | None = None, max_pending: int | None = None):
     self.fn = recommend_fn
     self.max_history = max_history
@@ -283,7 +287,7 @@ class ServerOptions:
 
   top_k: int = 10                  # beam width, the most items a request may ask for (default)
   max_batch: int = 64              # rows per model call
-  max_wait_ms: float = 5.0         # how long the oldest request may wait for others
+  max_wait_ms: float = 0.0         # how long the oldest request may wait for others
   batch_sizes: tuple[int, ...] = ()  # padded shapes; () = powers of two up to max_batch
   max_histories: int = 256         # per request (more: 413)
   max_body_bytes: int = 1 << 20    # per request (more: 413)
