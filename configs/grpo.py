@@ -24,8 +24,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.grpo.group_size = 16
   config.grpo.temperature = 1.0
   config.grpo.add_target = False        # put the target into groups that miss it
+  # collab: the reward model's scores z-scored in each group; collab_rank: the DCG gain of each
+  # candidate's rank in the reward model's ranking of all items (rl/rewards.py).
   config.grpo.rewards = ml_collections.ConfigDict(
-      {'rule': 1.0, 'rank': 1.0, 'prefix': 0.0, 'collab': 1.0})
+      {'rule': 1.0, 'rank': 1.0, 'prefix': 0.0, 'collab': 1.0, 'collab_rank': 0.0})
   config.grpo.beta = 1e-3
   config.grpo.kl_estimator = 'k3'
   config.grpo.clip_eps = 0.2

@@ -11,6 +11,7 @@ import pytest
 from minirec_jax.data import sid_sequences as ss
 from minirec_jax.decoding import prompted
 from minirec_jax.models import decoder as decoder_lib
+from minirec_jax.models import sasrec
 from minirec_jax.models import variants
 from minirec_jax.rl import grpo
 from minirec_jax.rl import rewards
@@ -89,6 +90,31 @@ def test_rewards_on_hand_made_groups():
   collab = rewards.collaborative_reward(jnp.array([[1.0, 2.0, 3.0]]))
   np.testing.assert_allclose(collab.mean(), 0.0, atol=1e-6)
   assert rewards.hits(jnp.array([[-1]]), jnp.array([0]), groups)[0, 0] == False  # noqa: E712
+
+
+def test_collaborative_rank_reward_is_the_dcg_gain_of_the_peer_rank():
+  all_scores = jnp.array([[0.5, 3.0, 1.0, 2.0, 2.0]])   # ranking: 1, then 3 and 4 (tied), 2, 0
+  candidates = jnp.array([1, 3, 0])
+  got = rewards.collaborative_rank_reward(all_scores[:, candidates], all_scores)
+  np.testing.assert_allclose(got, 1.0 / np.log2(2.0 + np.array([[0, 1, 4]])), rtol=1e-6)
+
+
+def test_group_rewards_reads_the_scorer_and_skips_empty_histories():
+  all_scores = jnp.array([[0.0, 4.0, 1.0, 3.0], [2.0, 1.0, 0.0, 5.0]])
+  scorer = sasrec.ScoreFns(
+      score=lambda params, history, length, items: jnp.take_along_axis(all_scores, items, 1),
+      score_all=lambda params, history, length: all_scores)
+  batch = {'items': jnp.array([[1, 2], [3, -1]]), 'target': jnp.array([2, 0]),
+           'history': jnp.zeros((2, 3), jnp.int32), 'history_len': jnp.array([2, 0])}
+  total, parts = step_lib.group_rewards(
+      batch, None, weights={'collab_rank': 1.0, 'collab': 0.0}, item_to_group=jnp.arange(4),
+      codes_table=None, scorer=scorer)
+  # Row 0: items 1 and 2 rank 0 and 2; row 1 has no history, so no collaborative signal.
+  np.testing.assert_allclose(total, [[1.0, 1.0 / np.log2(4.0)], [0.0, 0.0]], rtol=1e-6)
+  assert set(parts) == {'reward_collab_rank'}
+  with pytest.raises(ValueError, match='need a reward model'):
+    step_lib.group_rewards(batch, None, weights={'collab_rank': 1.0}, item_to_group=None,
+                           codes_table=None, scorer=None)
 
 
 def _toy(seed=0, items=12, k=4):

@@ -5,7 +5,7 @@
                            it reports (SFT: best by eval.select_by; GRPO: eval.report), ready
                            to decode, with no training data packed;
   load_sasrec(workdir)     a train_sasrec workdir's SASRec config and best params;
-  load_scorer(workdir)     the same as (score_fn, params), the frozen model of the 'collab'
+  load_scorer(workdir)     the same as (score_fns, params), the frozen model of the 'collab'
                            GRPO reward.
 
 It also holds what a GRPO checkpoint contains (`grpo_tree`, `grpo_optimizer`,
@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -153,7 +153,8 @@ def load_ranker_params(workdir: str, ranker: sasrec_steps.Ranker,
   return _restore(workdir, abstract, config.eval.select_by).params
 
 
-def load_scorer(workdir: str) -> tuple[Callable, Any]:
-  """(score_fn, frozen params) of a train_sasrec workdir's SASRec, for the 'collab' reward."""
+def load_scorer(workdir: str) -> tuple[sasrec_lib.ScoreFns, Any]:
+  """(score functions, frozen params) of a train_sasrec workdir's SASRec, for the
+  collaborative rewards."""
   model_config, params = load_sasrec(workdir)
-  return sasrec_lib.score_fns(model_config).score, params
+  return sasrec_lib.score_fns(model_config), params

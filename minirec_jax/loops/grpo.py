@@ -71,16 +71,19 @@ def _prompt_pool(config: ml_collections.ConfigDict,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       score_fn=None, reward_params=None) -> dict:
+                       scorer=None, reward_params=None) -> dict:
   """GRPO from the reported checkpoint of `config.init_from` (an SFT workdir, or a GRPO one).
 
-  `score_fn`/`reward_params`: a frozen collaborative model for the 'collab' reward; when not
-  given, `config.grpo.reward_model` (a `train_sasrec` workdir) is loaded if set.
+  `scorer`/`reward_params`: a frozen collaborative model (`models.sasrec.ScoreFns`) for the
+  'collab' and 'collab_rank' rewards; when not given, `config.grpo.reward_model` (a
+  `train_sasrec` workdir) is loaded if set.
   """
   if config.eval.report not in ('best', 'last'):
     raise ValueError(f"config.eval.report must be 'best' or 'last', got {config.eval.report!r}")
-  if config.grpo.rewards.collab and score_fn is None and not config.grpo.reward_model:
-    raise ValueError('grpo.rewards.collab > 0 needs a collaborative model: set '
+  collab = [f'grpo.rewards.{name}' for name in ('collab', 'collab_rank')
+            if config.grpo.rewards.get(name)]
+  if collab and scorer is None and not config.grpo.reward_model:
+    raise ValueError(f'{" and ".join(collab)} > 0 needs a collaborative model: set '
                      'grpo.reward_model to a train_sasrec workdir (e.g. variant=recbole), or '
                      'grpo.rewards.collab=0 for the official rule + rank rewards')
   run = run_lib.start(config, workdir)
@@ -93,8 +96,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   token_map = s.recommender.token_map
   trie = trie_lib.build_trie(s.sids.codes, s.sids.codebook_size, dedupe='first')
   g = config.grpo
-  if score_fn is None and g.reward_model:
-    score_fn, reward_params = artifacts.load_scorer(g.reward_model)
+  if scorer is None and g.reward_model:
+    scorer, reward_params = artifacts.load_scorer(g.reward_model)
   # Everything placed as the update places its outputs, so each jitted function compiles once.
   init_params, reward_params = jax.device_put((policy.params, reward_params),
                                               parallel.replicated(mesh))
@@ -108,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       kl_estimator=g.kl_estimator, clip_eps=g.clip_eps, aggregation=g.aggregation,
       adv_ddof=g.adv_ddof, adv_eps=g.adv_eps, sft_weight=g.sft_weight,
       advantage_mode=g.get('advantage', 'group'),
-      updates_per_rollout=g.get('updates_per_rollout', 1), score_fn=score_fn)
+      updates_per_rollout=g.get('updates_per_rollout', 1), scorer=scorer)
 
   ckpts = run.checkpoints(artifacts.GRPO_SELECT_BY)
   pool = _prompt_pool(config, policy)

@@ -135,7 +135,8 @@ registry.register_stage('popularity', _loop_stage(sasrec_train.train_sasrec),
 
 def _grpo_reads_pipeline_sasrec(config: ml_collections.ConfigDict) -> bool:
   """Whether the collaborative reward uses this workdir's SASRec (weighted, no model path)."""
-  return bool(config.grpo.grpo.rewards.collab) and not config.grpo.grpo.reward_model
+  rewards = config.grpo.grpo.rewards
+  return bool(rewards.collab or rewards.get('collab_rank')) and not config.grpo.grpo.reward_model
 
 
 def _grpo_config(context: registry.Context) -> ml_collections.ConfigDict:

@@ -59,6 +59,20 @@ def collaborative_reward(scores: jax.Array) -> jax.Array:
   return group_normalise(scores.astype(jnp.float32))
 
 
+def collaborative_rank_reward(candidate_scores: jax.Array, all_scores: jax.Array) -> jax.Array:
+  """The DCG gain 1 / log2(2 + r) of each candidate's rank r (0 = first) in a frozen CF model's
+  ranking of every item: an absolute signal of where the peer ranks it, so a group whose
+  candidates all sit deep in that ranking gets little spread, unlike the z-score of
+  `collaborative_reward`, which spreads every group to unit variance.
+
+  Args:
+    candidate_scores: float `[batch, G]`, the model's scores of the candidates.
+    all_scores: float `[batch, num_items]`, its scores of every item for the same prompts.
+  """
+  rank = (all_scores[:, None, :] > candidate_scores[:, :, None]).sum(-1)  # ties share a rank
+  return 1.0 / jnp.log2(2.0 + rank.astype(jnp.float32))
+
+
 def combine(weights: dict[str, float], parts: dict[str, jax.Array]) -> jax.Array:
   """Weighted sum of reward parts; weights of 0 skip a part."""
   total = None

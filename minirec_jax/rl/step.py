@@ -24,16 +24,16 @@ from minirec_jax.data.sid_sequences import SidTokenMap
 from minirec_jax.decoding import beam_search
 from minirec_jax.decoding import prompted
 from minirec_jax.models.decoder import DecoderConfig
+from minirec_jax.models.sasrec import ScoreFns
 from minirec_jax.rl import grpo
 from minirec_jax.rl import rewards as rewards_lib
 
-# score_fn(reward_params, history [B, H], history_len [B], items [B, G]) -> [B, G]
-ScoreFn = Callable[..., jax.Array]
-
-
 def group_rewards(batch, reward_params, *, weights: dict[str, float], item_to_group,
-                  codes_table, score_fn: ScoreFn | None) -> tuple[jax.Array, dict]:
-  """Weighted reward `[B, G]` and each part's mean."""
+                  codes_table, scorer: ScoreFns | None) -> tuple[jax.Array, dict]:
+  """Weighted reward `[B, G]` and each part's mean. `scorer`: a frozen collaborative model's
+  `score(params, history [B, H], history_len [B], items [B, G]) -> [B, G]` and
+  `score_all(params, history, history_len) -> [B, num_items]` (`models.sasrec.score_fns`), for
+  the 'collab' and 'collab_rank' parts."""
   items, target = batch['items'], batch['target']
   parts = {}
   if weights.get('rule'):
@@ -42,14 +42,18 @@ def group_rewards(batch, reward_params, *, weights: dict[str, float], item_to_gr
     parts['rank'] = rewards_lib.rank_reward(items, target, item_to_group)
   if weights.get('prefix'):
     parts['prefix'] = rewards_lib.prefix_reward(items, target, codes_table)
-  if weights.get('collab'):
-    if score_fn is None:
-      raise ValueError('reward weight collab > 0 needs a reward model (score_fn)')
-    scores = score_fn(reward_params, batch['history'], batch['history_len'],
-                      jnp.maximum(items, 0))
-    # A prompt without a history (an item-text RL prompt) has no collaborative signal.
-    parts['collab'] = jnp.where(batch['history_len'][:, None] > 0,
-                                rewards_lib.collaborative_reward(scores), 0.0)
+  collab = [name for name in ('collab', 'collab_rank') if weights.get(name)]
+  if collab:
+    if scorer is None:
+      raise ValueError(f'reward weights {collab} > 0 need a reward model (scorer)')
+    history, history_len = batch['history'], batch['history_len']
+    scores = scorer.score(reward_params, history, history_len, jnp.maximum(items, 0))
+    by_part = {'collab': lambda: rewards_lib.collaborative_reward(scores),
+               'collab_rank': lambda: rewards_lib.collaborative_rank_reward(
+                   scores, scorer.score_all(reward_params, history, history_len))}
+    for name in collab:
+      # A prompt without a history (an item-text RL prompt) has no collaborative signal.
+      parts[name] = jnp.where(history_len[:, None] > 0, by_part[name](), 0.0)
   total = rewards_lib.combine(weights, parts)
   return total, {f'reward_{k}': v.mean() for k, v in parts.items()}
 
@@ -60,7 +64,7 @@ def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_gro
                    clip_eps: float = 0.2, aggregation: str = 'seq_mean_token_mean',
                    adv_ddof: int = 1, adv_eps: float = 1e-4, sft_weight: float = 0.0,
                    advantage_mode: str = 'group', updates_per_rollout: int = 1,
-                   score_fn: ScoreFn | None = None, axis_name: str | None = None) -> Callable:
+                   scorer: ScoreFns | None = None, axis_name: str | None = None) -> Callable:
   """Returns the un-jitted pure GRPO step.
 
   `token_map` gives the vocabulary ids of the candidates' SID tokens and terminator: the
@@ -83,7 +87,7 @@ def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_gro
     b, g, num_levels = codes.shape
     reward, reward_metrics = group_rewards(batch, reward_params, weights=weights,
                                            item_to_group=item_to_group,
-                                           codes_table=codes_table, score_fn=score_fn)
+                                           codes_table=codes_table, scorer=scorer)
     level_rewards = None
     if advantage_mode == 'level':
       target_codes = codes_table[batch['target']][:, None, :]                 # [B, 1, L]
