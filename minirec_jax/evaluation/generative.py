@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+import time
 from typing import Callable, Sequence
 
 import chex
@@ -30,6 +33,7 @@ from minirec_jax.decoding import prompted
 from minirec_jax.evaluation import item_lists
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import ranking
+from minirec_jax.infra import io_utils
 from minirec_jax.infra import metric_logging
 from minirec_jax.models import decoder as decoder_lib
 from minirec_jax.models import encoder_decoder
@@ -165,20 +169,73 @@ class EvalResult:
   predictions: list[dict]
 
 
+def params_fingerprint(params) -> float:
+  """A float64 sum over every parameter: tells apart the parameters a partial evaluation was
+  made with from others (a resumed run must evaluate the same checkpoint)."""
+  return float(sum(np.asarray(leaf, np.float64).sum() for leaf in jax.tree.leaves(params)))
+
+
+class _PartialEvaluation:
+  """The running sums of an evaluation, saved to `path` at most every `every_s` seconds
+  (atomically) so that a killed evaluation resumes after its last saved batch with identical
+  results; `path=None` keeps nothing."""
+
+  def __init__(self, path: str | None, header: dict, every_s: float):
+    self.path, self.header, self.every_s = path, header, every_s
+    self.batches, self.token_nll, self.totals, self.rows = 0, 0.0, {}, []
+    self.last_save = time.monotonic()
+    if path and os.path.isfile(path):
+      with open(path, encoding='utf-8') as f:
+        state = json.load(f)
+      if state['header'] != header:
+        raise ValueError(f'{path}: a partial evaluation of another run (field header: '
+                         f'{state["header"]} != {header}); delete it to start over')
+      self.batches, self.token_nll, self.rows = (state['batches'], state['token_nll'],
+                                                 state['rows'])
+      self.totals = {level: ranking.RankCounts(np.asarray(c['hits_at'], np.int64), c['count'])
+                     for level, c in state['totals'].items()}
+
+  def add(self, totals, token_nll: float, rows: list[dict]) -> None:
+    self.batches += 1
+    self.totals = item_lists.add_counts(self.totals, totals)
+    self.token_nll += token_nll
+    self.rows.extend(rows)
+    if self.path and time.monotonic() - self.last_save >= self.every_s:
+      io_utils.write_json(self.path, {
+          'header': self.header, 'batches': self.batches, 'token_nll': self.token_nll,
+          'totals': {level: {'hits_at': c.hits_at.tolist(), 'count': c.count}
+                     for level, c in self.totals.items()}, 'rows': self.rows}, indent=None)
+      self.last_save = time.monotonic()
+
+  def remove(self) -> None:
+    if self.path and os.path.isfile(self.path):
+      os.remove(self.path)
+
+
 def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_size: int,
              ks: Sequence[int], max_examples: int = 0, split: str = '',
-             keep_predictions: bool = False) -> EvalResult:
-  """HR/NDCG/MRR@K, target perplexity per token and per item, and prediction rows."""
+             keep_predictions: bool = False, resume_file: str | None = None,
+             save_every_s: float = 60.0) -> EvalResult:
+  """HR/NDCG/MRR@K, target perplexity per token and per item, and prediction rows.
+
+  `resume_file`: where the running sums are saved every `save_every_s` seconds; an evaluation
+  of the same rows, settings and parameters (`params_fingerprint`) found there resumes after
+  its saved batches, and the file is removed once the evaluation is complete.
+  """
   n = min(len(source), max_examples) if max_examples else len(source)
   subset = source if n == len(source) else [source[i] for i in range(n)]
   spec = pipeline.BatchSpec(batch_size, max_history=recommender.prompt_items,
                             drop_remainder=False)
   to_group = recommender.sids.item_to_group
   ks = ranking.usable_ks(ks, beam_size)
-  totals = {}
-  token_nll, rows = 0.0, []
+  partial = _PartialEvaluation(resume_file, {
+      'split': split, 'examples': n, 'beam_size': beam_size, 'batch_size': batch_size,
+      'keep_predictions': keep_predictions,
+      'params': params_fingerprint(params) if resume_file else 0.0}, save_every_s)
   batches = pipeline.batched(subset, spec)
-  for batch in metric_logging.track(batches, desc=f'eval {split}', unit='batch'):
+  for i, batch in enumerate(metric_logging.track(batches, desc=f'eval {split}', unit='batch')):
+    if i < partial.batches:  # done before a restart (the batches come in a fixed order)
+      continue
     valid = batch['valid']
     users = None
     if getattr(recommender.config, 'num_user_buckets', 0):  # TIGER's user tokens
@@ -187,11 +244,9 @@ def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_
          else recommender.prompts(batch['history'], batch['history_len'], users=users))
     items, scores = item_lists.expand(*recommender.rank(params, p, beam_size),
                                       members=recommender.members)
-    totals = item_lists.add_counts(
-        totals, item_lists.level_counts(items, batch['target'], to_group, valid=valid))
     log_probs = recommender.target_log_probs(params, p,
                                              recommender.item_tokens[batch['target']])
-    token_nll -= float(np.sum(np.asarray(log_probs) * valid[:, None]))
+    rows = []
     if keep_predictions:
       for r in np.flatnonzero(valid):
         index = int(batch['index'][r])
@@ -199,8 +254,11 @@ def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_
         rows.append(predictions.make_row(subset[index]['user_id'].decode(), batch['target'][r],
                                          items[r][keep], scores[r][keep], sample_index=index,
                                          split=split))
-  metrics = item_lists.level_means(totals, ks, list_length=beam_size)
-  metrics['ppl_token'] = float(np.exp(token_nll / (n * recommender.sids.num_levels)))
-  metrics['ppl_item'] = float(np.exp(token_nll / n))
+    partial.add(item_lists.level_counts(items, batch['target'], to_group, valid=valid),
+                -float(np.sum(np.asarray(log_probs) * valid[:, None])), rows)
+  metrics = item_lists.level_means(partial.totals, ks, list_length=beam_size)
+  metrics['ppl_token'] = float(np.exp(partial.token_nll / (n * recommender.sids.num_levels)))
+  metrics['ppl_item'] = float(np.exp(partial.token_nll / n))
   metrics['examples'] = n
-  return EvalResult(metrics, rows)
+  partial.remove()
+  return EvalResult(metrics, partial.rows)

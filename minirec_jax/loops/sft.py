@@ -298,14 +298,15 @@ def valid_loss(eval_step, params, packed: dict[str, np.ndarray], batch_size: int
 
 
 def evaluate(s: SftSetup, params, eval_config: ml_collections.ConfigDict, split: str,
-             max_examples: int, keep_predictions: bool = False) -> generative.EvalResult:
+             max_examples: int, keep_predictions: bool = False,
+             resume_file: str | None = None) -> generative.EvalResult:
   """Beam search over `split` (its first `max_examples` rows; 0: all) with `eval_config`'s
-  beam size, batch size and ks."""
+  beam size, batch size and ks (resumable through `resume_file`: `generative.evaluate`)."""
   return generative.evaluate(s.recommender, params, s.dataset.split(split),
                              beam_size=eval_config.beam_size,
                              batch_size=eval_config.batch_size, ks=eval_config.ks,
                              max_examples=max_examples, split=split,
-                             keep_predictions=keep_predictions)
+                             keep_predictions=keep_predictions, resume_file=resume_file)
 
 
 @dataclasses.dataclass
@@ -437,14 +438,17 @@ def report_splits(config: ml_collections.ConfigDict, workdir: str, s: SftSetup,
   `report_max_examples` rows; 0: all; valid's first `valid_report_max_examples` when that is
   >= 0, e.g. a slow model's selection prefix), each split's predictions file written into
   `workdir`; returns {split: metrics}. Also writes the SID groups
-  (`predictions.ITEM_GROUPS_FILE`), with which the files' SID-level metrics are recomputed."""
+  (`predictions.ITEM_GROUPS_FILE`), with which the files' SID-level metrics are recomputed.
+  Each split's running sums are kept in `<workdir>/eval_<split>.partial.json` until it is done,
+  so a killed run resumes its report where it stopped (an LLM's test split takes an hour)."""
   predictions.save_item_groups(os.path.join(workdir, predictions.ITEM_GROUPS_FILE),
                                s.sids.item_to_group)
   results = {}
   valid_rows = config.eval.get('valid_report_max_examples', -1)
   for split in ('valid', 'test'):
     rows = valid_rows if split == 'valid' and valid_rows >= 0 else config.eval.report_max_examples
-    result = evaluate(s, params, config.eval, split, rows, keep_predictions=True)
+    result = evaluate(s, params, config.eval, split, rows, keep_predictions=True,
+                      resume_file=os.path.join(workdir, f'eval_{split}.partial.json'))
     run_lib.write_predictions(workdir, split, result.predictions)
     results[split] = result.metrics
   return results
