@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 from minirec_jax.infra import console
 from minirec_jax.infra import host_memory
+from minirec_jax.loops import artifacts
 from minirec_jax.semantic_ids import report as report_lib
 from minirec_jax.semantic_ids import stage
 
@@ -24,7 +25,8 @@ def main(argv):
   host_memory.use_huge_pages(__file__)
   console.setup(_WORKDIR.value)
   del argv
-  print(report_lib.report_markdown(stage.run(_CONFIG.value, _WORKDIR.value)))
+  print(report_lib.report_markdown(stage.run(
+      _CONFIG.value, _WORKDIR.value, load_table=artifacts.sasrec_item_embeddings)))
 
 
 if __name__ == '__main__':

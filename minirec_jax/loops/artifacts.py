@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from minirec_jax.data import errors
@@ -140,6 +141,14 @@ def load_sasrec(workdir: str) -> tuple[sasrec_lib.SASRecConfig, Any]:
       lambda: sasrec_lib.init_params(model_config, jax.random.key(0)),
       sasrec_steps.optimizer(config.optim))
   return model_config, _restore(workdir, abstract, config.eval.select_by).params
+
+
+def sasrec_item_embeddings(workdir: str) -> np.ndarray:
+  """float32 `[num_items + 1, hidden]`: the item embedding table of a train_sasrec workdir's
+  SASRec (row = item id, the last row its padding item), e.g. the tokenizer's collaborative
+  signal (`semantic_ids/collaborative.py`)."""
+  _, params = load_sasrec(workdir)
+  return np.asarray(params['item_embedding']['embedding'], np.float32)
 
 
 def load_ranker_params(workdir: str, ranker: sasrec_steps.Ranker,

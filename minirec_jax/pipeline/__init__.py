@@ -23,8 +23,8 @@ from minirec_jax.pipeline.runner import stage_keys
 from minirec_jax.pipeline.runner import StageMismatchError
 from minirec_jax.pipeline.runner import stages
 
-# Every registered stage in registration order, which is also their run order (a config plans
-# those it enables: TIGER's only with a `tiger` section).
+# Every registered stage in registration order (a config plans those it enables, TIGER's only
+# with a `tiger` section, and runs them after their inputs: registry.run_order).
 STAGES = REGISTRY.stage_names()
 
 __all__ = ['CONFIG_FILE', 'DONE_FILE', 'REGISTRY', 'STAGES', 'PipelineResult', 'StageGraphError',

@@ -4,7 +4,8 @@ Stages, in run order, each in `<workdir>/<stage>/`:
 
   dataset       build/open the TFDS dataset; statistics (stats.json)
   embeddings    item text embeddings (MiniLM, or a user .npy) -> embeddings.npy
-  semantic_ids  RQ-VAE / RQ-KMeans codes -> collision-free SIDs (semantic_ids/stage.py)
+  semantic_ids  RQ-VAE / RQ-KMeans codes -> collision-free SIDs (semantic_ids/stage.py); with a
+                tokenizer collab mode and no sasrec_workdir, after sasrec, whose items it reads
   sft           generative recommender on those SIDs (loops/sft.py)
   tiger         optional (a `tiger` config section): TIGER's encoder-decoder on the same SIDs
                 (loops/sft.py with model.arch='tiger')
@@ -30,6 +31,7 @@ import numpy as np
 from minirec_jax.data import loading
 from minirec_jax.data import stats as stats_lib
 from minirec_jax.infra import io_utils
+from minirec_jax.loops import artifacts
 from minirec_jax.loops import grpo as grpo_loop
 from minirec_jax.loops import sasrec as sasrec_train
 from minirec_jax.loops import sft as sft_loop
@@ -79,17 +81,28 @@ registry.register_stage('embeddings', _run_embeddings, inputs=('dataset',),
                         configure=_embeddings_config)
 
 
+def _tokenizer_reads_pipeline_sasrec(config: ml_collections.ConfigDict) -> bool:
+  """Whether the tokenizer takes its collaborative embeddings from this workdir's SASRec (a
+  collab mode, no workdir)."""
+  return config.tokenizer.collab.mode != 'none' and not config.tokenizer.collab.sasrec_workdir
+
+
 def _tokenizer_config(context: registry.Context) -> ml_collections.ConfigDict:
-  """The tokenizer config, reading this workdir's embeddings."""
+  """The tokenizer config, reading this workdir's embeddings (and SASRec, see above)."""
   tokenizer = _copy(context.config.tokenizer)
   tokenizer.embeddings = ml_collections.ConfigDict(
       {'source': 'npy', 'path': os.path.join(context.folder('embeddings'), EMBEDDINGS_FILE),
        'cache_dir': ''})
+  if _tokenizer_reads_pipeline_sasrec(context.config):
+    tokenizer.collab.sasrec_workdir = context.folder('sasrec')
   return tokenizer
 
 
-registry.register_stage('semantic_ids', lambda config, folder, plan: sid_stage.run(config, folder),
-                        inputs=('embeddings',), configure=_tokenizer_config)
+registry.register_stage(
+    'semantic_ids', lambda config, folder, plan: sid_stage.run(
+        config, folder, load_table=artifacts.sasrec_item_embeddings),
+    inputs=lambda ctx: ('embeddings', 'sasrec') if _tokenizer_reads_pipeline_sasrec(ctx.config)
+    else ('embeddings',), configure=_tokenizer_config)
 
 
 def _loop_stage(train: Callable[[ml_collections.ConfigDict, str], dict]) -> registry.RunFn:

@@ -71,4 +71,20 @@ def report_markdown(report: dict) -> str:
     lines.append('| ' + ' | '.join(cells) + ' |')
   if report['recon_error'] is not None:
     lines += ['', f"Reconstruction error (MSE): {report['recon_error']:.6g}"]
+  if 'collab' in report:
+    lines += ['', collab_markdown(report['collab'])]
   return '\n'.join(lines) + '\n'
+
+
+def collab_markdown(collab: dict) -> str:
+  """One paragraph on the codes' agreement with SASRec (stage.collab_report's fields)."""
+  prefix = ' / '.join(f'{c:.3f}' for c in collab['prefix_cf_cosine'])
+  knn = next(k for k in collab if k.startswith('knn_overlap@'))
+  text = (f"Collaborative ({collab['mode']}; {collab['trained_items']} trained items, "
+          f"{collab['untrained_items']} untrained left out): SASRec cosine of item pairs sharing "
+          f"their first 1..L codes {prefix} (all pairs {collab['all_pairs_cf_cosine']:.3f}); "
+          f"{knn} of z_q vs SASRec {collab[knn]:.3f}")
+  if 'collab_loss' in collab:
+    text += (f"; contrastive loss {collab['collab_loss']:.4f}, code concentration "
+             f"{collab['code_concentration']:.4f}")
+  return text + '.'

@@ -16,6 +16,11 @@ here, both off in the 'official' config and on in 'fast':
 * `reseed_every` / `reseed_until`: during the first part of training, move every dead code
   onto a residual drawn with probability proportional to its quantisation error (k-means++
   style), level by level.
+
+With a `collaborative.Regulariser` (configs/tokenizer.py `collab.mode='letter'`), the loss also
+has LETTER's collaborative and code-diversity terms (semantic_ids/collaborative.py) during the
+quantised phase; the SASRec -> latent projection they learn sits in the params under
+`collaborative.PROJECTION` (the model ignores it).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 import optax
 
 from minirec_jax.infra import optim
+from minirec_jax.semantic_ids import collaborative
 from minirec_jax.semantic_ids import kmeans as kmeans_lib
 from minirec_jax.semantic_ids import report as report_lib
 
@@ -205,35 +211,57 @@ def reseed_dead_codes(params: Params, x: jax.Array, key: jax.Array) -> tuple[Par
   return {**params, 'codebooks': books}, jnp.stack(dead_counts)
 
 
-def rqvae_loss(model: RQVAE, params: Params, batch: jax.Array, quant_weight: float,
-               autoencoder_only: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Total loss and its parts for a batch `[b, in_dim]`."""
+def rqvae_loss(model: RQVAE, params: Params, batch: jax.Array | collaborative.Batch,
+               quant_weight: float, autoencoder_only: bool = False,
+               collab: collaborative.Settings | None = None,
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Total loss and its parts for a batch `[b, in_dim]` (with `collab`: a collaborative.Batch,
+  whose regulariser terms join the quantised loss)."""
+  x = batch if collab is None else batch.x
   if autoencoder_only:
-    recon = model.apply({'params': params}, batch, method=RQVAE.autoencode)
-    recon_loss = jnp.mean((recon - batch) ** 2)
+    recon = model.apply({'params': params}, x, method=RQVAE.autoencode)
+    recon_loss = jnp.mean((recon - x) ** 2)
     return recon_loss, {'loss': recon_loss, 'recon_loss': recon_loss,
                         'rq_loss': jnp.zeros(())}
-  out = model.apply({'params': params}, batch)
-  recon_loss = jnp.mean((out.recon - batch) ** 2)
+  out = model.apply({'params': params}, x)
+  recon_loss = jnp.mean((out.recon - x) ** 2)
   loss = recon_loss + quant_weight * out.quantized.rq_loss
-  return loss, {'loss': loss, 'recon_loss': recon_loss, 'rq_loss': out.quantized.rq_loss}
+  metrics = {'recon_loss': recon_loss, 'rq_loss': out.quantized.rq_loss}
+  if collab is not None:
+    extra, terms = collaborative.regulariser(
+        params[collaborative.PROJECTION], out.quantized.quantized, out.quantized.residuals,
+        params['codebooks'], batch, collab)
+    loss = loss + extra
+    metrics.update(terms)
+  return loss, {'loss': loss, **metrics}
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def regulariser_terms(params: Params, batch: collaborative.Batch,
+                      settings: collaborative.Settings) -> dict[str, jax.Array]:
+  """The collaborative terms of `rqvae_loss` (unweighted) for a batch under params."""
+  _, metrics = rqvae_loss(model_from_params(params), params, batch, 1.0, collab=settings)
+  return {k: metrics[k] for k in ('collab_loss', 'code_concentration')}
 
 
 def make_rqvae_train_step(model: RQVAE, tx: optax.GradientTransformation, *,
                           quant_weight: float = 1.0,
-                          autoencoder_only: bool = False) -> Callable:
+                          autoencoder_only: bool = False,
+                          collab: collaborative.Settings | None = None) -> Callable:
   """Pure, un-jitted `step(state, batch [b, in_dim], rng) -> (state, metrics)`.
 
   `tx` updates the parameters (its state is `state.opt_state`). The model has no stochastic
   layers (the official dropout is 0), so `rng` is unused. `autoencoder_only` trains encoder
-  and decoder without the quantizer (the codebooks get zero gradient).
+  and decoder without the quantizer (the codebooks get zero gradient). With `collab` the
+  batch is a `collaborative.Batch` and the loss has its regulariser (see `rqvae_loss`).
   """
 
   def step(state: train_state.TrainState, batch: jax.Array, rng: jax.Array):
     del rng
     grad_fn = jax.grad(functools.partial(rqvae_loss, model, batch=batch,
                                          quant_weight=quant_weight,
-                                         autoencoder_only=autoencoder_only), has_aux=True)
+                                         autoencoder_only=autoencoder_only, collab=collab),
+                     has_aux=True)
     grads, metrics = grad_fn(state.params)
     metrics['grad_norm'] = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -264,8 +292,11 @@ def rqvae_config(name: str = 'fast') -> ml_collections.ConfigDict:
 
 
 def _epoch_runner(model: RQVAE, tx: optax.GradientTransformation, n: int, batch_size: int,
-                  quant_weight: float, autoencoder_only: bool) -> Callable:
-  """Jitted `run(state, x, key, first_epoch, num_epochs) -> (state, last-epoch metrics)`.
+                  quant_weight: float, autoencoder_only: bool,
+                  collab: collaborative.Settings | None = None) -> Callable:
+  """Jitted `run(state, data, key, first_epoch, num_epochs) -> (state, last-epoch metrics)`.
+
+  `data` is the rows `[n, in_dim]`, or with `collab` a `collaborative.Batch` of all n rows.
 
   Each epoch shuffles the rows and takes ceil(n / b) batches of a fixed size b (the last
   batch wraps around the permutation), so every row is seen each epoch and shapes are static.
@@ -273,26 +304,27 @@ def _epoch_runner(model: RQVAE, tx: optax.GradientTransformation, n: int, batch_
   compilation serves every chunk length.
   """
   step = make_rqvae_train_step(model, tx, quant_weight=quant_weight,
-                               autoencoder_only=autoencoder_only)
+                               autoencoder_only=autoencoder_only, collab=collab)
   steps = -(-n // batch_size)
 
-  def epoch(state, x, key):
+  def epoch(state, data, key):
     if steps == 1:
-      state, metrics = step(state, x, key)
+      state, metrics = step(state, data, key)
       return state, metrics
     order = jax.random.permutation(key, n)
     order = jnp.concatenate([order, order[:steps * batch_size - n]]).reshape(steps, batch_size)
-    state, metrics = jax.lax.scan(lambda s, rows: step(s, x[rows], key), state, order)
+    state, metrics = jax.lax.scan(
+        lambda s, rows: step(s, jax.tree.map(lambda a: a[rows], data), key), state, order)
     return state, jax.tree.map(jnp.mean, metrics)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
-  def run(state, x, key, first_epoch, num_epochs):
-    _, metrics_shape = jax.eval_shape(epoch, state, x, key)
+  def run(state, data, key, first_epoch, num_epochs):
+    _, metrics_shape = jax.eval_shape(epoch, state, data, key)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
 
     def body(e, carry):
       state, _ = carry
-      return epoch(state, x, jax.random.fold_in(key, e))
+      return epoch(state, data, jax.random.fold_in(key, e))
 
     return jax.lax.fori_loop(first_epoch, first_epoch + num_epochs, body, (state, zeros))
 
@@ -300,7 +332,8 @@ def _epoch_runner(model: RQVAE, tx: optax.GradientTransformation, n: int, batch_
 
 
 def train_rqvae(embeddings: np.ndarray, config: ml_collections.ConfigDict, key: jax.Array, *,
-                log_fn: Callable[[dict], None] | None = None) -> tuple[Params, list[dict]]:
+                log_fn: Callable[[dict], None] | None = None,
+                collab: collaborative.Regulariser | None = None) -> tuple[Params, list[dict]]:
   """Trains on item embeddings `[n, in_dim]`; returns (best-collision params, history).
 
   Order: `ae_warmup_epochs` of autoencoder-only training, k-means codebook initialisation,
@@ -310,10 +343,20 @@ def train_rqvae(embeddings: np.ndarray, config: ml_collections.ConfigDict, key: 
   trained ones; the official keeps the earlier). `history` holds one
   row per evaluation (epoch, losses, collision rate, codes used per level, dead codes
   re-seeded since the last row); `log_fn` receives each row as it is made.
+
+  `collab` (targets row-aligned with the embeddings) adds its regulariser to the quantised
+  phase, not to the autoencoder warm-up; the params then hold its projection too, and the
+  history rows its terms.
   """
   x = jnp.asarray(embeddings, jnp.float32)
   chex.assert_rank(x, 2)
   n = x.shape[0]
+  data, settings = x, None
+  if collab is not None:
+    settings, targets = collab
+    chex.assert_shape([targets.embeddings, targets.trained], [(n, None), (n,)])
+    data = collaborative.Batch(x, jnp.asarray(targets.embeddings, jnp.float32),
+                               jnp.asarray(targets.trained, bool))
   if n < config.codebook_size:
     raise ValueError(f'{n} items cannot initialise {config.codebook_size} codes per level')
   if config.eval_every <= 0 or config.reseed_every < 0:
@@ -329,6 +372,9 @@ def train_rqvae(embeddings: np.ndarray, config: ml_collections.ConfigDict, key: 
                 beta=config.beta)
   init_key, kmeans_key, data_key, reseed_key = jax.random.split(key, 4)
   params = model.init(init_key, x[:1])['params']
+  if collab is not None:  # fold_in: the keys of a run without it stay as they were
+    params = {**params, collaborative.PROJECTION: collaborative.init_projection(
+        jax.random.fold_in(init_key, 1), data.cf.shape[1], config.e_dim)}
   schedule = optim.learning_rate_schedule(
       config.lr, config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch,
       decay='constant')
@@ -336,7 +382,8 @@ def train_rqvae(embeddings: np.ndarray, config: ml_collections.ConfigDict, key: 
                    clip_norm=config.clip_norm or None)
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
-  runners = {ae: _epoch_runner(model, tx, n, batch_size, config.quant_weight, ae)
+  runners = {ae: _epoch_runner(model, tx, n, batch_size, config.quant_weight, ae,
+                               None if ae else settings)
              for ae in (True, False)}
   if config.ae_warmup_epochs:
     state, _ = runners[True](state, x, data_key, 0, config.ae_warmup_epochs)
@@ -352,7 +399,7 @@ def train_rqvae(embeddings: np.ndarray, config: ml_collections.ConfigDict, key: 
   history, best, best_rate, epoch, dead_since = [], None, math.inf, \
       config.ae_warmup_epochs, np.zeros(config.num_levels, np.int64)
   for stop in sorted(stops):
-    state, metrics = runners[False](state, x, data_key, epoch, stop - epoch)
+    state, metrics = runners[False](state, data, data_key, epoch, stop - epoch)
     epoch = stop
     reseed = (config.reseed_every and epoch < config.reseed_until and
               (epoch - config.ae_warmup_epochs) % config.reseed_every == 0)
