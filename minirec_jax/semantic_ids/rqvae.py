@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from minirec_jax.infra import metric_logging
 from minirec_jax.infra import optim
 from minirec_jax.semantic_ids import collaborative
 from minirec_jax.semantic_ids import kmeans as kmeans_lib
@@ -398,8 +399,11 @@ def train_rqvae(embeddings: np.ndarray, config: ml_collections.ConfigDict, key: 
                        min(config.reseed_until, config.epochs), config.reseed_every))
   history, best, best_rate, epoch, dead_since = [], None, math.inf, \
       config.ae_warmup_epochs, np.zeros(config.num_levels, np.int64)
+  progress = metric_logging.Progress(config.epochs, 'rq-vae', unit='epoch',
+                                    start=config.ae_warmup_epochs)
   for stop in sorted(stops):
     state, metrics = runners[False](state, data, data_key, epoch, stop - epoch)
+    progress.update(stop - epoch)
     epoch = stop
     reseed = (config.reseed_every and epoch < config.reseed_until and
               (epoch - config.ae_warmup_epochs) % config.reseed_every == 0)
@@ -423,4 +427,5 @@ def train_rqvae(embeddings: np.ndarray, config: ml_collections.ConfigDict, key: 
       log_fn(row)
     if rate <= best_rate:
       best, best_rate = jax.tree.map(jnp.copy, state.params), rate
+  progress.close()
   return best, history
