@@ -18,7 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.data = data_config(args['dataset'])
   config.embeddings = ml_collections.ConfigDict(
-      {'source': 'minilm', 'path': '', 'cache_dir': ''})  # source: 'minilm' | 'npy'
+      {'source': 'minilm', 'path': '', 'cache_dir': ''})  # source: 'minilm' | 'mpnet' | 'npy'
   config.method = args['method']
   config.num_levels = 3
   config.codebook_size = 256

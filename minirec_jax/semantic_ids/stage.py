@@ -30,15 +30,14 @@ from minirec_jax.semantic_ids import trie as trie_lib
 
 
 def item_vectors(config: ml_collections.ConfigDict, dataset: loading.Dataset) -> np.ndarray:
-  """MiniLM embeddings of the item texts (cached), or a user-supplied .npy."""
+  """Embeddings of the item texts by a packaged sentence encoder (`embeddings.source`, a
+  key of `text_encoder.MODELS`: 'minilm', 'mpnet'; cached), or a user-supplied .npy."""
   if config.embeddings.source == 'npy':
     return embeddings_lib.load_user_embeddings(config.embeddings.path, dataset.num_items)
-  if config.embeddings.source != 'minilm':
-    raise ValueError(f"embeddings.source must be 'minilm' or 'npy', got "
-                     f'{config.embeddings.source!r}')
   cache = config.embeddings.cache_dir or os.path.join(
       os.environ.get('MINIREC_CACHE', os.path.join(os.getcwd(), '.cache')), 'embeddings')
-  return embeddings_lib.item_embeddings(dataset.items, dataset.name, cache)
+  return embeddings_lib.item_embeddings(dataset.items, dataset.name, cache,
+                                        config.embeddings.source)
 
 
 def collab_targets(config: ml_collections.ConfigDict, dataset: loading.Dataset,
