@@ -56,10 +56,21 @@ class Checkpoints:
            metrics: dict | None = None) -> None:
     """Saves to `latest`; also to `best` when `metrics` carries the best metric."""
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
+    self._replace(self._latest, step)
     self._latest.save(step, args=self._args(state, data_state, metrics), force=True)
     if self._best is not None and self.best_metric in metrics:
+      self._replace(self._best, step)
       self._best.save(step, args=self._args(state, data_state, metrics), force=True,
                       metrics=metrics)
+
+  @staticmethod
+  def _replace(manager, step: int) -> None:
+    # A run killed after saving `step` to one manager but before the next `latest` save
+    # resumes earlier and reaches `step` again: the new save replaces the old one.
+    if step in manager.all_steps():
+      logging.info('replacing checkpoint %s/%d saved by an interrupted run',
+                   manager.directory, step)
+      manager.delete(step)
 
   def wait(self) -> None:
     self._latest.wait_until_finished()
