@@ -66,8 +66,8 @@ def _scripted_valid(monkeypatch, values):
   real = sft_loop.evaluate
   seen = []
 
-  def evaluate(s, params, eval_config, split, max_examples, keep_predictions=False):
-    result = real(s, params, eval_config, split, max_examples, keep_predictions)
+  def evaluate(s, params, eval_config, split, max_examples, keep_predictions=False, **kwargs):
+    result = real(s, params, eval_config, split, max_examples, keep_predictions, **kwargs)
     if not keep_predictions:
       seen.append(split)
       result.metrics['ndcg@10'] = values[len(seen) - 1]
