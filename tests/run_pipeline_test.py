@@ -17,15 +17,14 @@ from minirec_jax.pipeline import registry
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO, 'experiments', 'run_pipeline.py')
 TABLE_ROWS = ('| Most popular |', '| SASRec |', '| minirec-jax SFT (tiny) |',
-              '| minirec-jax SFT+GRPO (tiny) |', '| TIGER (tiny) |')
-# The default stages plus the optional TIGER stage and row.
-PIPELINE = 'tiny,tiger=True'
+              '| minirec-jax SFT+GRPO (tiny) |')
+PIPELINE = 'tiny'
 RUN_STAGES = list(ep.stages(load_config(f'configs/pipeline.py:{PIPELINE}'), '/'))
 
 
 # One device instead of conftest's 4 fake ones: the sharded programs compile slower on 2
 # cores, and multi-device training has its own tests.
-MESH_STAGES = ('sft', 'sasrec', 'popularity', 'grpo', 'tiger')
+MESH_STAGES = ('sft', 'sasrec', 'popularity', 'grpo')
 ONE_DEVICE = tuple(f'--config.{stage}.mesh.num_devices=1' for stage in MESH_STAGES)
 
 
@@ -57,7 +56,7 @@ def finished(tmp_path_factory):
 
 def test_every_stage_finishes_with_a_marker_and_the_table(finished):
   tfds_dir, workdir, result = finished
-  assert RUN_STAGES == list(ep.STAGES)  # with TIGER on, every registered stage runs
+  assert RUN_STAGES == [s for s in ep.STAGES if s != 'tiger']  # TIGER only when configured
   assert result.status == {stage: 'ran' for stage in RUN_STAGES}
   keys = ep.stage_keys(ep.stages(_config(tfds_dir), workdir))
   for stage in RUN_STAGES:
@@ -69,9 +68,8 @@ def test_every_stage_finishes_with_a_marker_and_the_table(finished):
     grpo = json.load(f)
   assert grpo['init_from'] == os.path.join(workdir, 'sft')
   assert grpo['grpo']['reward_model'] == ''  # no collaborative reward by default
-  for stage in ('sft', 'tiger'):
-    with open(os.path.join(workdir, stage, ep.CONFIG_FILE)) as f:
-      assert json.load(f)['sids']['path'] == os.path.join(workdir, 'semantic_ids')
+  with open(os.path.join(workdir, 'sft', ep.CONFIG_FILE)) as f:
+    assert json.load(f)['sids']['path'] == os.path.join(workdir, 'semantic_ids')
   with open(os.path.join(workdir, ep.CONFIG_FILE)) as f:
     assert json.load(f)['dataset']['data']['data_dir'] == tfds_dir
 
@@ -145,6 +143,23 @@ def test_stage_without_marker_is_rerun_and_later_ones_kept(finished):
   with open(os.path.join(workdir, 'sasrec', ep.DONE_FILE)) as f:
     assert json.load(f)['outputs']['test'] == json.loads(before['sasrec'][0])['outputs']['test']
   assert again.results == result.results
+
+
+def test_tiger_is_an_optional_stage_and_row(tmp_path):
+  # The stage body is the SFT loop with arch=tiger (tests/tiger_loop_test.py trains it).
+  config = load_config('configs/pipeline.py:tiny,tiger=True')
+  plan = ep.REGISTRY.plan(config, str(tmp_path))
+  assert list(plan.stages) == list(ep.STAGES)  # every registered stage, TIGER before the table
+  tiger = plan.stages['tiger']
+  assert tiger.deps == ('semantic_ids',) and tiger.config.model.arch == 'tiger'
+  assert tiger.config.sids.path == str(tmp_path / 'semantic_ids')
+  assert tiger.config.data == config.dataset.data
+  assert 'tiger' in plan.stages['evaluation'].deps
+  assert [m.display_name(plan) for m in plan.methods][-1] == 'TIGER (tiny)'
+  # The other stages' keys are those of the default plan: adding TIGER reruns nothing else.
+  default = ep.stage_keys(ep.stages(load_config('configs/pipeline.py:tiny'), str(tmp_path)))
+  with_tiger = ep.stage_keys(plan.stages)
+  assert all(with_tiger[name] == key for name, key in default.items() if name != 'evaluation')
 
 
 def test_collaborative_reward_reads_the_pipelines_sasrec(tmp_path):
