@@ -272,7 +272,7 @@ def test_several_updates_per_rollout_move_the_ratio(mode):
   batch = _beam_batch(config, params, trie, prompts, positions, mask, targets, vocab,
                       add_target=True)
   out = {}
-  for updates in (1, 3):
+  for updates in (1, 2):
     step = jax.jit(step_lib.make_grpo_step(
         config, token_map=vocab.token_map,
         item_to_group=trie.item_to_group, codes_table=trie.codes,
@@ -280,9 +280,9 @@ def test_several_updates_per_rollout_move_the_ratio(mode):
         clip_eps=0.05))
     state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.adam(1e-2))
     out[updates] = step(state, params, None, batch, jax.random.key(0))
-  (state1, m1), (state3, m3) = out[1], out[3]
-  assert int(state1.step) == 1 and int(state3.step) == 3
+  (state1, m1), (state2, m2) = out[1], out[2]
+  assert int(state1.step) == 1 and int(state2.step) == 2
   assert float(m1['ratio_mean']) == 1.0 and float(m1['clip_fraction']) == 0.0
-  assert abs(float(m3['ratio_mean']) - 1.0) > 1e-4  # the last update sees a moved policy
-  assert float(m3['clip_fraction']) > 0.0
+  assert abs(float(m2['ratio_mean']) - 1.0) > 1e-4  # the last update sees a moved policy
+  assert float(m2['clip_fraction']) > 0.0
   assert float(m1['zero_advantage_groups']) < 1.0
