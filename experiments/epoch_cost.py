@@ -25,6 +25,7 @@ _VARIANTS = flags.DEFINE_list('variants', ['decoder:S', 'tiger:S'],
                               'arch:variant[:field=value] (arch: decoder | tiger).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON path for the table.')
 
+
 def _config_for(base, spec: str):
   arch, variant, *fields = spec.split(':')
   config = base.copy_and_resolve_references()
@@ -35,6 +36,7 @@ def _config_for(base, spec: str):
     config.model[name] = int(value)
   config.train.batch_size = protocol.train.batch_size
   return config
+
 
 def main(argv):
   del argv
@@ -49,6 +51,7 @@ def main(argv):
           f"{r['train_flops_per_epoch']:>14.3e}{r['train_flops_per_epoch'] / first:>8.3f}")
   if _OUTPUT.value:
     io_utils.write_json(_OUTPUT.value, rows)
+
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')

@@ -7,7 +7,8 @@
   curl -s localhost:8080/healthz
 
 Concurrent requests are batched into one model call (up to --max_batch histories: those that
-arrived while the previous call ran, or waiting up to --max_wait_ms > 0); every batch size the server pads to is compiled before the port opens.
+arrived while the previous call ran, or waiting up to --max_wait_ms > 0); every batch size the
+server pads to is compiled before the port opens.
 --top_k is the beam and the most items a request may ask for. Errors are JSON {"error": ...}
 (4xx for a bad request, 500 for a model failure). See minirec_jax/serving/server.py.
 --random_init serves model S with random parameters on Industrial (load tests, no workdir).

@@ -233,8 +233,9 @@ def evaluate(recommender: Recommender, params, source, *, beam_size: int, batch_
       'keep_predictions': keep_predictions,
       'params': params_fingerprint(params) if resume_file else 0.0}, save_every_s)
   batches = pipeline.batched(subset, spec)
-  for i, batch in enumerate(metric_logging.track(batches, desc=f'eval {split}', unit='batch')):
-    if i < partial.batches:  # done before a restart (the batches come in a fixed order)
+  tracked = metric_logging.track(batches, desc=f'eval {split}', unit='batch')
+  for number, batch in enumerate(tracked):
+    if number < partial.batches:  # done before a restart (the batches come in a fixed order)
       continue
     valid = batch['valid']
     users = None

@@ -3,7 +3,8 @@
 Stages, in run order, each in `<workdir>/<stage>/`:
 
   dataset       build/open the TFDS dataset; statistics (stats.json)
-  embeddings    item text embeddings (MiniLM, or a user .npy) -> embeddings.npy
+  embeddings    item text embeddings (a packaged sentence encoder, MiniLM by default, or a
+                user .npy) -> embeddings.npy
   semantic_ids  RQ-VAE / RQ-KMeans codes -> collision-free SIDs (semantic_ids/stage.py); with a
                 tokenizer collab mode and no sasrec_workdir, after sasrec, whose items it reads
   sft           generative recommender on those SIDs (loops/sft.py)
@@ -163,6 +164,7 @@ def _grpo_config(context: registry.Context) -> ml_collections.ConfigDict:
 registry.register_stage(
     'grpo', _loop_stage(grpo_loop.train_and_evaluate), configure=_grpo_config,
     inputs=lambda ctx: ('sft', 'sasrec') if _grpo_reads_pipeline_sasrec(ctx.config) else ('sft',))
+_generative_stage('tiger', enabled=lambda config: 'tiger' in config)
 
 
 def _run_evaluation(config, folder: str, plan: registry.Plan) -> dict:
@@ -178,9 +180,6 @@ def _run_evaluation(config, folder: str, plan: registry.Plan) -> dict:
   io_utils.write_json(os.path.join(folder, results_lib.RESULTS_FILE), results)
   return {'results': results_lib.RESULTS_FILE, 'rows': results['rows'],
           'metrics': {name: m['metrics'] for name, m in results['methods'].items()}}
-
-
-_generative_stage('tiger', enabled=lambda config: 'tiger' in config)
 
 
 registry.register_stage(EVALUATION, _run_evaluation,

@@ -28,6 +28,7 @@ from minirec_jax.models.sasrec import ScoreFns
 from minirec_jax.rl import grpo
 from minirec_jax.rl import rewards as rewards_lib
 
+
 def group_rewards(batch, reward_params, *, weights: dict[str, float], item_to_group,
                   codes_table, scorer: ScoreFns | None) -> tuple[jax.Array, dict]:
   """Weighted reward `[B, G]` and each part's mean. `scorer`: a frozen collaborative model's
@@ -48,12 +49,14 @@ def group_rewards(batch, reward_params, *, weights: dict[str, float], item_to_gr
       raise ValueError(f'reward weights {collab} > 0 need a reward model (scorer)')
     history, history_len = batch['history'], batch['history_len']
     scores = scorer.score(reward_params, history, history_len, jnp.maximum(items, 0))
-    by_part = {'collab': lambda: rewards_lib.collaborative_reward(scores),
-               'collab_rank': lambda: rewards_lib.collaborative_rank_reward(
-                   scores, scorer.score_all(reward_params, history, history_len))}
-    for name in collab:
-      # A prompt without a history (an item-text RL prompt) has no collaborative signal.
-      parts[name] = jnp.where(history_len[:, None] > 0, by_part[name](), 0.0)
+    # A prompt without a history (an item-text RL prompt) has no collaborative signal.
+    has_history = history_len[:, None] > 0
+    if 'collab' in collab:
+      parts['collab'] = jnp.where(has_history, rewards_lib.collaborative_reward(scores), 0.0)
+    if 'collab_rank' in collab:
+      all_scores = scorer.score_all(reward_params, history, history_len)
+      parts['collab_rank'] = jnp.where(
+          has_history, rewards_lib.collaborative_rank_reward(scores, all_scores), 0.0)
   total = rewards_lib.combine(weights, parts)
   return total, {f'reward_{k}': v.mean() for k, v in parts.items()}
 

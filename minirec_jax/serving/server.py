@@ -15,9 +15,9 @@ the model call fails. A bad request never stops the service.
 Batching: a single worker thread (`Batcher`) takes the pending histories of all requests, up to
 `max_batch` rows: whatever has arrived when it is free (requests pile up while a call runs, so
 batches grow with the load) or, with `max_wait_ms` > 0, until the oldest has waited that long.
-It runs one model call on them
-padded to the next of a few fixed batch sizes (powers of two up to `max_batch`, all compiled at
-start-up), and resolves each request's future with its own rows. The model never runs on the
+It runs one model call on them padded to the next of a few fixed batch sizes (powers of two up
+to `max_batch`, all compiled at start-up), and resolves each request's future with its own
+rows. The model never runs on the
 event loop, which only parses, validates and awaits.
 
 The beam is the server's `top_k` (`ServerOptions.top_k`): a request's top_k (at most that) takes
@@ -98,7 +98,8 @@ class Batcher:
   a wait for a batch to fill adds that wait to every request at low load, while at high load
   requests queue behind the running call anyway), takes up to `max_batch` rows in arrival
   order (a request larger than that spans several calls), pads them to the next of `sizes`
-  with copies of the first row and makes one call. `max_pending` rows may wait at most; more is `Overloaded`.
+  with copies of the first row and makes one call. `max_pending` rows may wait at most; more
+  is `Overloaded`.
   """
 
   def __init__(self, recommend_fn: recommend.RecommendFn, *, max_history: int, top_k: int,
