@@ -4,8 +4,9 @@ Arguments: tiny (a seconds-long smoke config), rollout ('beam' | 'sample' | 'dyn
 Defaults: the recipe chosen on valid (docs/RESULTS.md, "GRPO levers"): the official setup (G=16
 beam rollouts, rule + rank rewards, k3 KL with beta 1e-3, unbiased group std + 1e-4, one
 update per rollout, cosine schedule with warmup, clip-norm 0.3) plus the collaborative reward
-of a frozen SASRec (`grpo.reward_model`: a train_sasrec workdir, RecBole configuration) and
-lr 1e-4. The official recipe: `--config.optim.lr=1e-5 --config.grpo.rewards.collab=0`.
+of a frozen SASRec (`grpo.reward_model`: a train_sasrec workdir, RecBole configuration),
+lr 1e-4, 100 steps with valid checks at steps 0, 50 and 100 (the best kept). The official
+recipe: `--config.optim.lr=1e-5 --config.grpo.rewards.collab=0`.
 """
 
 import ml_collections
@@ -47,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.grpo.max_prompt_len = 512      # text prompts keep their last tokens
 
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 200
+  config.train.steps = 100             # the recipe's budget in the valid ablation
   config.train.prompts_per_step = 64
   config.train.eval_every_steps = 50
 
