@@ -7,7 +7,7 @@
 Stages (one folder each, registered in minirec_jax/pipeline/minionerec.py): dataset,
 embeddings, semantic_ids, sft, sasrec, grpo, evaluation. Prints the test metrics of SFT,
 SFT+GRPO and SASRec in the paper's Table-1 layout and writes them to <workdir>/results.md and
-results.json.
+results.json, then each stage's wall time.
 """
 
 import sys
@@ -37,8 +37,9 @@ def main(argv):
   except (DataError, pipeline.StageMismatchError) as exc:
     print(f'error: {exc}', file=sys.stderr)
     sys.exit(2)
-  print(', '.join(f'{stage}: {state}' for stage, state in result.status.items()))
   print(result.markdown)
+  print('Stage wall times (a skipped stage: the run that finished it):')
+  print(result.timings_markdown())
 
 
 if __name__ == '__main__':

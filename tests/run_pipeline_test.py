@@ -63,6 +63,7 @@ def test_every_stage_finishes_with_a_marker_and_the_table(finished):
     with open(os.path.join(workdir, stage, ep.DONE_FILE)) as f:
       done = json.load(f)
     assert done['stage'] == stage and done['key'] == keys[stage] and done['seconds'] >= 0
+    assert result.seconds[stage] == done['seconds']
     assert os.path.isfile(os.path.join(workdir, stage, ep.CONFIG_FILE))
   with open(os.path.join(workdir, 'grpo', ep.CONFIG_FILE)) as f:
     grpo = json.load(f)
@@ -102,8 +103,13 @@ def test_rerun_of_the_binary_skips_every_stage(finished):
        f'--config.dataset.data.data_dir={tfds_dir}', *ONE_DEVICE, f'--workdir={workdir}'],
       capture_output=True, text=True, cwd=REPO)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert ', '.join(f'{s}: skipped' for s in RUN_STAGES) in done.stdout
   assert all(row in done.stdout for row in TABLE_ROWS)
+  # The timings table comes last: every stage skipped, with the seconds of the run that did it.
+  timings = done.stdout[done.stdout.index('| stage | this run | seconds |'):].splitlines()
+  expected = [f'| {s} | skipped | {result.seconds[s]:.0f} |' for s in RUN_STAGES]
+  assert timings[2:2 + len(RUN_STAGES)] == expected
+  assert timings[-1] == f'| total | | {sum(result.seconds.values()):.0f} |'
+  assert list(result.seconds) == RUN_STAGES
   assert _markers(workdir) == before
 
 

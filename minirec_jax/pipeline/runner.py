@@ -36,11 +36,22 @@ class StageMismatchError(ValueError):
 
 @dataclasses.dataclass
 class PipelineResult:
-  """status: stage -> 'skipped' | 'ran' | 'resumed'; results: the evaluation's results.json."""
+  """status: stage -> 'skipped' | 'ran' | 'resumed'; seconds: stage -> its wall time from its
+  DONE.json (a skipped stage: the run that finished it); results: the evaluation's
+  results.json."""
 
   status: dict[str, str]
+  seconds: dict[str, float]
   results: dict
   markdown: str
+
+  def timings_markdown(self) -> str:
+    """The stages' wall times as a markdown table, with their total."""
+    lines = ['| stage | this run | seconds |', '|---|---|---:|']
+    lines += [f'| {name} | {self.status[name]} | {seconds:.0f} |'
+              for name, seconds in self.seconds.items()]
+    lines.append(f'| total | | {sum(self.seconds.values()):.0f} |')
+    return '\n'.join(lines)
 
 
 def _config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -142,9 +153,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> PipelineResult:
                  'resuming' if states[name] == 'resume' else 'starting')
     _run_stage(s, keys, plan)
     status[name] = 'resumed' if states[name] == 'resume' else 'ran'
+  seconds = {name: results_lib.read_json(os.path.join(plan.folder(name), DONE_FILE))['seconds']
+             for name in plan.stages}
   results = results_lib.read_json(
       os.path.join(plan.folder(minionerec.EVALUATION), results_lib.RESULTS_FILE))
   markdown = results_lib.results_markdown(results)
   io_utils.write_text(os.path.join(workdir, 'results.md'), markdown)
   io_utils.write_json(os.path.join(workdir, results_lib.RESULTS_FILE), results)
-  return PipelineResult(status=status, results=results, markdown=markdown)
+  return PipelineResult(status=status, seconds=seconds, results=results, markdown=markdown)
