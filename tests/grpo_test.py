@@ -168,7 +168,7 @@ def test_dynamic_sampling_keeps_distinct_items_and_the_target():
   assert np.asarray(items[0, keep[0]]).tolist() == [9, 4, 2]
 
 
-_log_probs = jax.jit(prompted.completion_log_probs, static_argnames='config')
+_log_probs = jax.jit(prompted.completion_log_probs, static_argnames=('config', 'with_entropy'))
 
 
 def test_shared_prompt_log_probs_equal_a_full_forward_pass():
@@ -182,13 +182,17 @@ def test_shared_prompt_log_probs_equal_a_full_forward_pass():
   completion = jnp.asarray(rng.integers(1, vocab.vocab_size, (b, g, num)), jnp.int32)
   lp = _log_probs(config, params, tokens, positions, mask, completion)
   assert lp.shape == (b, g, num)
+  lp_too, entropy = _log_probs(config, params, tokens, positions, mask, completion,
+                               with_entropy=True)
+  np.testing.assert_array_equal(lp_too, lp)
   forward = jax.jit(lambda full: decoder_lib.Decoder(config).apply(
       {'params': params}, full, jnp.arange(full.shape[1])[None]))
   for i in range(b):
     for j in range(g):
       logits = forward(jnp.concatenate([tokens[i, t - lengths[i]:], completion[i, j]])[None])
-      want = jax.nn.log_softmax(logits[0, -num - 1:-1])[jnp.arange(num), completion[i, j]]
-      np.testing.assert_allclose(lp[i, j], want, atol=2e-5)
+      log_p = jax.nn.log_softmax(logits[0, -num - 1:-1])
+      np.testing.assert_allclose(lp[i, j], log_p[jnp.arange(num), completion[i, j]], atol=2e-5)
+      np.testing.assert_allclose(entropy[i, j], -(jnp.exp(log_p) * log_p).sum(-1), atol=2e-5)
   flat = _log_probs(config, params, tokens, positions, mask, completion[:, 0])
   np.testing.assert_allclose(flat, lp[:, 0], atol=1e-6)
 
@@ -220,6 +224,13 @@ def test_sft_anchor_adds_the_weighted_target_nll():
   nll = -float(_log_probs(config, params, prompts, positions, mask, completion).mean())
   np.testing.assert_allclose(losses[0.5]['target_nll'], nll, rtol=1e-5)
   np.testing.assert_allclose(losses[0.5]['loss'] - losses[0.0]['loss'], 0.5 * nll, rtol=1e-4)
+  # The logged entropy: the mean over the valid candidates' tokens (no terminator here).
+  candidates = jnp.asarray(vocab.item_tokens(codes)[np.maximum(np.asarray(batch['items']), 0)])
+  _, entropy = _log_probs(config, params, prompts, positions, mask, candidates,
+                          with_entropy=True)
+  valid = np.broadcast_to(np.asarray(batch['items'])[..., None] >= 0, entropy.shape)
+  for weight in (0.0, 0.5):
+    np.testing.assert_allclose(losses[weight]['entropy'], entropy[valid].mean(), rtol=1e-5)
 
 
 def test_terminator_tokens_are_part_of_the_scored_completion():

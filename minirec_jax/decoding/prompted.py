@@ -56,7 +56,7 @@ def sample_prompts(config: decoder_lib.DecoderConfig, params, trie: SidTrie, tok
 
 
 def completion_log_probs(config: decoder_lib.DecoderConfig, params, tokens, positions, mask,
-                         completion) -> jax.Array:
+                         completion, *, with_entropy: bool = False):
   """Teacher-forced log p(completion token l | prompt, earlier completion tokens).
 
   Each prompt is read once and its KV cache shared by all of its completions, so scoring G
@@ -67,7 +67,9 @@ def completion_log_probs(config: decoder_lib.DecoderConfig, params, tokens, posi
     tokens, positions, mask: prompts `[B, T]` (left padding False in `mask`).
     completion: `[B, L]` or `[B, G, L]` token ids following each prompt.
   Returns:
-    float32 log-probs of the shape of `completion` (log-softmax over the full vocabulary).
+    float32 log-probs of the shape of `completion` (log-softmax over the full vocabulary); with
+    `with_entropy`, also the entropy of the next-token distribution at each of those positions
+    (same shape; full vocabulary, no trie mask).
   """
   grouped = completion if completion.ndim == 3 else completion[:, None]
   b, g, num = grouped.shape
@@ -87,4 +89,8 @@ def completion_log_probs(config: decoder_lib.DecoderConfig, params, tokens, posi
     logits = first_logits
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
   picked = jnp.take_along_axis(log_probs, grouped.reshape(b * g, num, 1), axis=-1)
-  return picked.reshape(completion.shape)
+  picked = picked.reshape(completion.shape)
+  if not with_entropy:
+    return picked
+  entropy = -(jnp.exp(log_probs) * log_probs).sum(-1)
+  return picked, entropy.reshape(completion.shape)

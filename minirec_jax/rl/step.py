@@ -120,12 +120,17 @@ def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_gro
               else completion)
 
     def loss_fn(params, old_lp):
-      all_lp = prompted.completion_log_probs(config, params, *prompt, scored)
+      all_lp, entropy = prompted.completion_log_probs(config, params, *prompt, scored,
+                                                      with_entropy=True)
       lp = all_lp[:, :g].reshape(b * g, num_tokens)
       loss, metrics = grpo.grpo_loss(
           lp, jax.lax.stop_gradient(lp) if old_lp is None else old_lp,
           ref_lp.reshape(b * g, num_tokens), advantages.reshape(b * g, num_tokens), valid,
           clip_eps=clip_eps, beta=beta, kl_estimator=kl_estimator, aggregation=aggregation)
+      # Mean next-token entropy over the candidates' tokens: a collapsing policy shows here
+      # before its rollouts stop differing.
+      metrics['entropy'] = jax.lax.stop_gradient(
+          (entropy[:, :g].reshape(b * g, num_tokens) * valid).sum() / jnp.maximum(valid.sum(), 1))
       if sft_weight:
         metrics['target_nll'] = -all_lp[:, g].mean()
         loss = loss + sft_weight * metrics['target_nll']
