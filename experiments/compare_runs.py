@@ -10,7 +10,12 @@ standard error over the shared rows. `--level=item` (default) compares the ranke
 `--level=sid` the ranked SIDs (the official metric: items sharing a SID count as one), which
 needs the baseline workdir's item_groups.npy (written by the generative loops) or
 --item_groups.
-`--train_metrics=zero_advantage_groups,kl` adds a table of training metrics from each run's
+`--baseline=a0,a1,a2 --runs=b0,b1,b2` (one baseline per run, e.g. a variant and the default at
+3 seeds) compares each run with its own baseline and adds a last row, the difference averaged
+over the pairs (each row's metric averaged over the pairs first; its standard error counts
+that all pairs score the same users): the number a "paired valid win averaged over 3 seeds"
+rule reads.
+`--train_metrics=zero_advantage_groups,kl,entropy` adds a table of training metrics from each run's
 metrics.jsonl: the mean over logged steps, and the last value.
 """
 
@@ -25,8 +30,8 @@ from minirec_jax.evaluation import compare
 from minirec_jax.evaluation import predictions
 from minirec_jax.infra import io_utils
 
-_BASELINE = flags.DEFINE_string('baseline', None, 'Baseline workdir or predictions file.',
-                                required=True)
+_BASELINE = flags.DEFINE_list('baseline', None, 'Baseline workdir or predictions file, or one '
+                              'per run (then also their average).', required=True)
 _RUNS = flags.DEFINE_list('runs', None, 'Workdirs or predictions files to compare.',
                           required=True)
 _SPLIT = flags.DEFINE_string('split', 'test', 'Split whose predictions are compared.')
@@ -50,30 +55,44 @@ def main(argv):
   del argv
   ks = [int(k) for k in _KS.value]
   wanted = [f'{m}@{k}' for k in ks for m in _METRICS.value]
+  baselines = _BASELINE.value
+  if len(baselines) not in (1, len(_RUNS.value)):
+    print(f'error: --baseline names {len(baselines)} runs; give one, or one per --runs entry '
+          f'({len(_RUNS.value)})', file=sys.stderr)
+    sys.exit(1)
+  pairs = list(zip(baselines * len(_RUNS.value) if len(baselines) == 1 else baselines,
+                   _RUNS.value))
   print('| run | ' + ' | '.join(wanted) + ' |')
   print('|---|' + '---|' * len(wanted))
   results = {}
-  groups_path = _ITEM_GROUPS.value or os.path.join(_BASELINE.value, predictions.ITEM_GROUPS_FILE)
+
+  def print_row(name, differences):
+    diffs = {d.metric: d for d in differences}
+    results[name] = {m: vars(diffs[m]) for m in wanted}
+    cells = ' | '.join(f'{diffs[m].b:.4f} ({diffs[m].diff:+.4f} +- {diffs[m].stderr:.4f})'
+                       for m in wanted)
+    print(f'| {name} | {cells} |')
+
+  groups_path = _ITEM_GROUPS.value or os.path.join(baselines[0], predictions.ITEM_GROUPS_FILE)
   try:
     groups = (predictions.load_item_groups(groups_path)
               if _ITEM_GROUPS.value or os.path.exists(groups_path) else None)
     if _LEVEL.value == 'sid' and groups is None:
       raise DataError('--level=sid needs item groups: none next to the baseline, and no '
                       '--item_groups', path=groups_path)
-    for run in _RUNS.value:
-      diffs = {d.metric: d for d in compare.paired_differences(
-          _predictions_path(_BASELINE.value), _predictions_path(run), ks, groups,
-          _LEVEL.value)}
-      results[run] = {m: vars(diffs[m]) for m in wanted}
-      cells = [f'{diffs[m].b:.4f} ({diffs[m].diff:+.4f} +- {diffs[m].stderr:.4f})'
-               for m in wanted]
-      print(f'| {run} | ' + ' | '.join(cells) + ' |')
+    files = [(_predictions_path(a), _predictions_path(b)) for a, b in pairs]
+    for (_, run), (file_a, file_b) in zip(pairs, files):
+      print_row(run, compare.paired_differences(file_a, file_b, ks, groups, _LEVEL.value))
+    if len(baselines) > 1:
+      print_row(f'mean of the {len(pairs)} pairs', compare.averaged_paired_differences(
+          files, ks, groups, _LEVEL.value))
   except DataError as exc:
     print(f'error: {exc}', file=sys.stderr)
     sys.exit(1)
-  base = next(iter(results.values()))
-  print(f'| baseline {_BASELINE.value} | '
-        + ' | '.join(f'{base[m]["a"]:.4f}' for m in wanted) + ' |')
+  for baseline in dict.fromkeys(baselines):
+    base = results[next(run for a, run in pairs if a == baseline)]
+    cells = ' | '.join(f'{base[m]["a"]:.4f}' for m in wanted)
+    print(f'| baseline {baseline} | {cells} |')
   train = {}
   if _TRAIN_METRICS.value:
     print('\n| run | ' + ' | '.join(f'{n} (mean / last)' for n in _TRAIN_METRICS.value) + ' |')
@@ -83,7 +102,7 @@ def main(argv):
       print(f'| {run} | ' + ' | '.join(f'{v["mean"]:.4g} / {v["last"]:.4g}'
                                         for v in train[run].values()) + ' |')
   if _OUTPUT.value:
-    io_utils.write_json(_OUTPUT.value, {'baseline': _BASELINE.value, 'split': _SPLIT.value,
+    io_utils.write_json(_OUTPUT.value, {'baseline': ','.join(baselines), 'split': _SPLIT.value,
                                         'level': _LEVEL.value,
                                         'runs': results, 'train': train})
 

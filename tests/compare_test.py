@@ -40,6 +40,28 @@ def test_rows_must_match(tmp_path):
     compare.paired_differences(a, _write(tmp_path / 'c.jsonl', [[7]]))
 
 
+def test_difference_averaged_over_pairs_averages_each_row_first(tmp_path):
+  # Two seeds' (default, variant) pairs on the same 4 users; HR@1 per row:
+  # seed 0: default [1, 0, 0, 0], variant [1, 1, 0, 0]; seed 1: default [0, 0, 1, 0],
+  # variant [1, 0, 1, 1]. Row means of the differences: [0.5, 0.5, 0, 0.5].
+  pairs = [(_write(tmp_path / 'a0.jsonl', [[7], [1], [1], [1]]),
+            _write(tmp_path / 'b0.jsonl', [[7], [7], [1], [1]])),
+           (_write(tmp_path / 'a1.jsonl', [[1], [1], [7], [1]]),
+            _write(tmp_path / 'b1.jsonl', [[7], [1], [7], [7]]))]
+  hr1 = {d.metric: d for d in compare.averaged_paired_differences(pairs, ks=(1,))}['hr@1']
+  per_row = np.array([0.5, 0.5, 0.0, 0.5])
+  assert (hr1.a, hr1.b, hr1.n) == (0.25, 0.625, 4)
+  assert hr1.diff == pytest.approx(per_row.mean())
+  assert hr1.stderr == pytest.approx(per_row.std(ddof=1) / 2)
+  # One pair alone is the plain paired difference.
+  alone = compare.averaged_paired_differences(pairs[:1], ks=(1,))
+  assert alone == compare.paired_differences(*pairs[0], ks=(1,))
+  other_users = _write(tmp_path / 'c.jsonl', [[7], [1], [1], [9]])
+  predictions.write(other_users, [predictions.make_row(f'v{i}', 7, [7], [0.0]) for i in range(4)])
+  with pytest.raises(DataError, match='holds other rows'):
+    compare.averaged_paired_differences([pairs[0], (other_users, other_users)], ks=(1,))
+
+
 def test_mean_and_spread_over_runs():
   summary = compare.mean_and_spread([{'hr@10': 0.1, 'x': 1.0}, {'hr@10': 0.3}])
   assert set(summary) == {'hr@10'}

@@ -62,11 +62,10 @@ def row_standard_errors(paths: Sequence[str | os.PathLike],
   return {m: float(np.mean([f[m] for f in per_file])) for m in per_file[0]}
 
 
-def paired_differences(path_a: str | os.PathLike, path_b: str | os.PathLike,
-                       ks: Sequence[int] = (10,), item_to_group=None,
-                       level: str = 'item') -> list[PairedDifference]:
-  """Per-metric b - a over the same rows (same users and targets, in the same order), at the
-  item level or the SID level (`per_row_metrics`)."""
+def _aligned_rows(path_a: str | os.PathLike, path_b: str | os.PathLike, ks: Sequence[int],
+                  item_to_group, level: str):
+  """(row keys, per-row metrics of a, of b) of two files that must hold the same rows (users
+  and targets) in the same order."""
   keys_a, a = per_row_metrics(path_a, ks, item_to_group, level)
   keys_b, b = per_row_metrics(path_b, ks, item_to_group, level)
   if len(keys_a) != len(keys_b):
@@ -77,6 +76,10 @@ def paired_differences(path_a: str | os.PathLike, path_b: str | os.PathLike,
       raise DataError(f'row differs from {os.fspath(path_a)} ({ka[0]}, target {ka[1]})',
                       path=os.fspath(path_b), line=line, field='user_id/target',
                       value=f'{kb[0]}/{kb[1]}')
+  return keys_a, a, b
+
+
+def _differences(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[PairedDifference]:
   out = []
   for metric in a:
     d = b[metric] - a[metric]
@@ -85,6 +88,39 @@ def paired_differences(path_a: str | os.PathLike, path_b: str | os.PathLike,
     out.append(PairedDifference(metric, float(a[metric].mean()), float(b[metric].mean()),
                                 float(d.mean()), stderr, n))
   return out
+
+
+def paired_differences(path_a: str | os.PathLike, path_b: str | os.PathLike,
+                       ks: Sequence[int] = (10,), item_to_group=None,
+                       level: str = 'item') -> list[PairedDifference]:
+  """Per-metric b - a over the same rows (same users and targets, in the same order), at the
+  item level or the SID level (`per_row_metrics`)."""
+  _, a, b = _aligned_rows(path_a, path_b, ks, item_to_group, level)
+  return _differences(a, b)
+
+
+def averaged_paired_differences(pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
+                                ks: Sequence[int] = (10,), item_to_group=None,
+                                level: str = 'item') -> list[PairedDifference]:
+  """b - a averaged over (a, b) pairs that share their rows, e.g. a variant against the default
+  at each of 3 seeds: each row's metric is averaged over the pairs first, so the standard error
+  counts that every pair is scored on the same users (their differences are correlated)."""
+  if not pairs:
+    raise ValueError('no pairs to average')
+  first_keys, a_runs, b_runs = None, [], []
+  for path_a, path_b in pairs:
+    keys, a, b = _aligned_rows(path_a, path_b, ks, item_to_group, level)
+    if first_keys is not None and keys != first_keys:
+      raise DataError(f'holds other rows than {os.fspath(pairs[0][0])}; every pair must be '
+                      'scored on the same rows', path=os.fspath(path_a))
+    first_keys = keys
+    a_runs.append(a)
+    b_runs.append(b)
+
+  def row_means(runs):
+    return {m: np.mean([run[m] for run in runs], axis=0) for m in runs[0]}
+
+  return _differences(row_means(a_runs), row_means(b_runs))
 
 
 def mean_and_spread(runs: Sequence[dict[str, float]]) -> dict[str, tuple[float, float]]:
