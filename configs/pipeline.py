@@ -9,7 +9,7 @@ and GRPO policy is a pretrained language model extended with SID tokens: 'smollm
 on the same SIDs: a `tiger` section, configs/sft.py with arch=tiger, and a TIGER table row).
 
 The sections are the stage configs (configs/{dataset,tokenizer,sft,sasrec,grpo}.py; popularity
-is configs/sasrec.py with variant=pop) and every field is overridable, e.g.
+and bpr are configs/sasrec.py with variant=pop and variant=bpr) and every field is overridable, e.g.
 `--config.sft.train.epochs=3 --config.grpo.train.steps=20`. All stages share one data section:
 `config.dataset.data` is the same object as `config.sft.data` etc., so overriding it through
 any of them changes it for every stage. Paths left empty are
@@ -66,10 +66,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # reward model GRPO's default recipe was chosen with (official: variant=official).
   config.sasrec = load_config(f'configs/sasrec.py:dataset={dataset},variant=recbole{tiny}')
   config.popularity = load_config(f'configs/sasrec.py:dataset={dataset},variant=pop{tiny}')
+  config.bpr = load_config(f'configs/sasrec.py:dataset={dataset},variant=bpr{tiny}')
   config.grpo = load_config(f'configs/grpo.py{":tiny" if tiny else ""}')
   if args['tiger']:
     config.tiger = load_config(f'configs/sft.py:dataset={dataset},sids=tokenizer,arch=tiger{tiny}')
-  for stage in ('tokenizer', 'sft', 'sasrec', 'popularity', 'tiger'):
+  for stage in ('tokenizer', 'sft', 'sasrec', 'popularity', 'bpr', 'tiger'):
     if stage in config:
       config[stage].data = config.dataset.data
   config.evaluation = ml_collections.ConfigDict({'ks': ranking.DEFAULT_KS, 'split': 'test'})

@@ -130,7 +130,7 @@ def finished_llm_pipeline(tmp_path_factory):
   folder = tiny_llm.write_tiny_llama(str(root / 'llama'))
   config = load_config(f'configs/pipeline.py:tiny,backbone=hf:{folder}')
   config.dataset.data.data_dir = str(root / 'tfds')
-  for stage in ('sft', 'sasrec', 'popularity', 'grpo'):
+  for stage in ('sft', 'sasrec', 'popularity', 'bpr', 'grpo'):
     config[stage].mesh.num_devices = 1
   workdir = str(root / 'run')
   return folder, workdir, ep.run(config, workdir)

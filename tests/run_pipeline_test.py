@@ -16,7 +16,7 @@ from minirec_jax.pipeline import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO, 'experiments', 'run_pipeline.py')
-TABLE_ROWS = ('| Most popular |', '| SASRec |', '| minirec-jax SFT (tiny) |',
+TABLE_ROWS = ('| Most popular |', '| BPR-MF |', '| SASRec |', '| minirec-jax SFT (tiny) |',
               '| minirec-jax SFT+GRPO (tiny) |')
 PIPELINE = 'tiny'
 RUN_STAGES = list(ep.stages(load_config(f'configs/pipeline.py:{PIPELINE}'), '/'))
@@ -24,7 +24,7 @@ RUN_STAGES = list(ep.stages(load_config(f'configs/pipeline.py:{PIPELINE}'), '/')
 
 # One device instead of conftest's 4 fake ones: the sharded programs compile slower on 2
 # cores, and multi-device training has its own tests.
-MESH_STAGES = ('sft', 'sasrec', 'popularity', 'grpo')
+MESH_STAGES = ('sft', 'sasrec', 'popularity', 'bpr', 'grpo')
 ONE_DEVICE = tuple(f'--config.{stage}.mesh.num_devices=1' for stage in MESH_STAGES)
 
 
@@ -230,7 +230,8 @@ def test_registered_stages_run_after_their_inputs(tmp_path):
   plan = extended.plan(config, str(tmp_path))
   default = [s for s in ep.STAGES if s != 'tiger']  # TIGER runs only when configured
   assert list(plan.stages) == [*default[:-1], 'item_knn', 'evaluation']
-  assert plan.stages['evaluation'].deps == ('popularity', 'sasrec', 'sft', 'grpo', 'item_knn')
+  assert plan.stages['evaluation'].deps == ('popularity', 'bpr', 'sasrec', 'sft', 'grpo',
+                                            'item_knn')
   assert [m.display_name(plan) for m in plan.methods][-1] == 'Item-KNN'
   assert list(ep.stages(config, str(tmp_path))) == default  # the default is unchanged
 

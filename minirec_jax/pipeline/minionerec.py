@@ -12,11 +12,13 @@ Stages, in run order, each in `<workdir>/<stage>/`:
                 (loops/sft.py with model.arch='tiger')
   sasrec        the SASRec baseline, also the collaborative reward model (loops/sasrec.py)
   popularity    the most-popular baseline (the same loop, variant 'pop': no training)
+  bpr           BPR-MF (the same loop, variant 'bpr': a user is the mean of their history's
+                item vectors), the matrix-factorisation baseline
   grpo          GRPO from the best SFT checkpoint (loops/grpo.py)
   evaluation    test metrics of every registered row on the same test rows, from their
                 predictions files (results.py)
 
-Rows, in the table's order: most popular and SASRec (full ranking over items), SFT and
+Rows, in the table's order: most popular, BPR-MF and SASRec (full ranking over items), SFT and
 SFT+GRPO (generated SIDs, each standing for its items), then TIGER when its stage runs; every
 row at item level and, read through the SFT's SID groups, at SID level.
 """
@@ -145,6 +147,7 @@ _generative_stage('sft')
 registry.register_stage('sasrec', _loop_stage(sasrec_train.train_sasrec), inputs=('dataset',))
 registry.register_stage('popularity', _loop_stage(sasrec_train.train_sasrec),
                         inputs=('dataset',))
+registry.register_stage('bpr', _loop_stage(sasrec_train.train_sasrec), inputs=('dataset',))
 
 
 def _grpo_reads_pipeline_sasrec(config: ml_collections.ConfigDict) -> bool:
@@ -197,6 +200,7 @@ def _generative_name(label: str):
 
 
 registry.register_method('popularity', 'Most popular', _sft_sid_groups)
+registry.register_method('bpr', 'BPR-MF', _sft_sid_groups)
 registry.register_method('sasrec', 'SASRec', _sft_sid_groups)
 registry.register_method('sft', _generative_name('SFT'), _sft_sid_groups)
 registry.register_method('grpo', _generative_name('SFT+GRPO'), _sft_sid_groups)
