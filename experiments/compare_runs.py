@@ -4,19 +4,19 @@
       --runs=workdirs/grpo_a,workdirs/grpo_b [--split=test] [--ks=3,5,10] [--level=item|sid] \
       [--output=compare.json]
 
-Reads `<workdir>/predictions_<split>.jsonl` of each run (or a .jsonl path given directly) and
-prints, per metric, the baseline value, the run's value and the paired difference +- its
-standard error over the shared rows. `--level=item` (default) compares the ranked item lists;
-`--level=sid` the ranked SIDs (the official metric: items sharing a SID count as one), which
-needs the baseline workdir's item_groups.npy (written by the generative loops) or
---item_groups.
+Reads `<workdir>/predictions_<split>.jsonl` of each run (or a .jsonl / .jsonl.gz file given
+directly, e.g. from docs/runs/) and prints, per metric, the baseline value, the run's value and
+the paired difference +- its standard error over the shared rows. `--level=item` (default)
+compares the ranked item lists; `--level=sid` the ranked SIDs (the official metric: items
+sharing a SID count as one), which needs the baseline workdir's item_groups.npy (written by the
+generative loops) or --item_groups.
 `--baseline=a0,a1,a2 --runs=b0,b1,b2` (one baseline per run, e.g. a variant and the default at
 3 seeds) compares each run with its own baseline and adds a last row, the difference averaged
 over the pairs (each row's metric averaged over the pairs first; its standard error counts
 that all pairs score the same users): the number a "paired valid win averaged over 3 seeds"
 rule reads.
-`--train_metrics=zero_advantage_groups,kl,entropy` adds a table of training metrics from each run's
-metrics.jsonl: the mean over logged steps, and the last value.
+`--train_metrics=zero_advantage_groups,kl,entropy` adds a table of training metrics from each
+run's metrics.jsonl: the mean over logged steps, and the last value.
 """
 
 import os
@@ -48,7 +48,9 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 
 def _predictions_path(run: str) -> str:
-  return run if run.endswith('.jsonl') else os.path.join(run, f'predictions_{_SPLIT.value}.jsonl')
+  if run.endswith(('.jsonl', '.jsonl.gz')):
+    return run
+  return os.path.join(run, f'predictions_{_SPLIT.value}.jsonl')
 
 
 def main(argv):
