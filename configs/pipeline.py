@@ -57,9 +57,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = ml_collections.ConfigDict()
   config.dataset = load_config(f'configs/dataset.py:{dataset}')
-  # tiny: RQ-KMeans needs no compilation, which would dominate the RQ-VAE's tiny run.
-  method = 'rqkmeans' if tiny else 'rqvae'
-  config.tokenizer = load_config(f'configs/tokenizer.py:dataset={dataset},method={method}{tiny}')
+  # The tokenizer chosen on valid (docs/RESULTS.md, "Collaborative semantic IDs"): RQ-VAE with
+  # LETTER's collaborative terms, reading this pipeline's SASRec stage (which then runs first).
+  config.tokenizer = load_config(
+      f'configs/tokenizer.py:dataset={dataset},method=rqvae,collab=letter{tiny}')
   backbone = f',backbone={args["backbone"]}' if args['backbone'] else ''
   config.sft = load_config(f'configs/sft.py:dataset={dataset},sids=tokenizer{backbone}{tiny}')
   # SASRec in the RecBole configuration: the stronger baseline row, and the collaborative

@@ -1,12 +1,14 @@
 """MiniOneRec's stages and the rows of its results table, registered in the default registry.
 
-Stages, in run order, each in `<workdir>/<stage>/`:
+Stages, each in `<workdir>/<stage>/`, in registration order (a stage runs after the stages it
+reads: with the default LETTER tokenizer, sasrec runs before semantic_ids):
 
   dataset       build/open the TFDS dataset; statistics (stats.json)
   embeddings    item text embeddings (a packaged sentence encoder, MiniLM by default, or a
                 user .npy) -> embeddings.npy
   semantic_ids  RQ-VAE / RQ-KMeans codes -> collision-free SIDs (semantic_ids/stage.py); with a
-                tokenizer collab mode and no sasrec_workdir, after sasrec, whose items it reads
+                tokenizer collab mode (the default: LETTER) and no sasrec_workdir, it reads the
+                sasrec stage's item embeddings
   sft           generative recommender on those SIDs (loops/sft.py)
   tiger         optional (a `tiger` config section): TIGER's encoder-decoder on the same SIDs
                 (loops/sft.py with model.arch='tiger')
