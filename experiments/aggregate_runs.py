@@ -2,6 +2,10 @@
 
   python experiments/aggregate_runs.py --runs=workdirs/sft_s0,workdirs/sft_s1,workdirs/sft_s2 \
       [--split=test] [--ks=3,5,10] [--output=summary.json]
+  python experiments/aggregate_runs.py --runs=docs/runs/sft_ind_S_letter_s0_test.jsonl.gz,...
+
+A run is a workdir (its results.json) or a predictions file (.jsonl / .jsonl.gz, e.g. the
+committed copies under docs/runs/: its item-level metrics are recomputed from the rows).
 
 Prints mean +- sample standard deviation over the runs of each metric at item level, and at
 SID level when the runs report it (generative runs: 'sid_' keys), then the standard error of
@@ -27,8 +31,12 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 def main(argv):
   del argv
+  ks = [int(k) for k in _KS.value]
   metrics = []
   for run in _RUNS.value:
+    if run.endswith(('.jsonl', '.jsonl.gz')):
+      metrics.append(compare.file_metrics(run, ks))
+      continue
     with open(os.path.join(run, 'results.json'), encoding='utf-8') as f:
       metrics.append(json.load(f)[_SPLIT.value])
   summary = compare.mean_and_spread(metrics)
@@ -41,8 +49,7 @@ def main(argv):
       print(f'| {level} | ' + ' | '.join(
           f'{summary[prefix + m][0]:.4f} +- {summary[prefix + m][1]:.4f}' for m in wanted) + ' |')
   stderr = compare.row_standard_errors(
-      [os.path.join(run, f'predictions_{_SPLIT.value}.jsonl') for run in _RUNS.value],
-      [int(k) for k in _KS.value])
+      [compare.predictions_file(run, _SPLIT.value) for run in _RUNS.value], ks)
   print('| item, s.e. over rows | ' + ' | '.join(f'{stderr[m]:.4f}' for m in wanted) + ' |')
   if _OUTPUT.value:
     io_utils.write_json(_OUTPUT.value, {'runs': _RUNS.value, 'split': _SPLIT.value,

@@ -47,12 +47,6 @@ _TRAIN_METRICS = flags.DEFINE_list(
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
 
-def _predictions_path(run: str) -> str:
-  if run.endswith(('.jsonl', '.jsonl.gz')):
-    return run
-  return os.path.join(run, f'predictions_{_SPLIT.value}.jsonl')
-
-
 def main(argv):
   del argv
   ks = [int(k) for k in _KS.value]
@@ -82,7 +76,8 @@ def main(argv):
     if _LEVEL.value == 'sid' and groups is None:
       raise DataError('--level=sid needs item groups: none next to the baseline, and no '
                       '--item_groups', path=groups_path)
-    files = [(_predictions_path(a), _predictions_path(b)) for a, b in pairs]
+    files = [(compare.predictions_file(a, _SPLIT.value), compare.predictions_file(b, _SPLIT.value))
+             for a, b in pairs]
     for (_, run), (file_a, file_b) in zip(pairs, files):
       print_row(run, compare.paired_differences(file_a, file_b, ks, groups, _LEVEL.value))
     if len(baselines) > 1:

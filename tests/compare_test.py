@@ -87,3 +87,12 @@ def test_row_standard_errors(tmp_path):
   out = compare.row_standard_errors([path, path], [1])
   hits = np.array([1.0, 0.0, 0.0, 1.0])
   assert out['hr@1'] == pytest.approx(hits.std(ddof=1) / 2.0)
+
+
+def test_file_metrics_and_predictions_file(tmp_path):
+  path = _write(tmp_path / 'a.jsonl.gz', [[7, 2], [3, 7], [5, 6], [1, 4]])  # target 7
+  out = compare.file_metrics(path, [1, 2])
+  assert out['hr@1'] == pytest.approx(0.25) and out['hr@2'] == pytest.approx(0.5)
+  assert out['ndcg@2'] == pytest.approx((1 + 1 / np.log2(3)) / 4)
+  assert compare.predictions_file(str(path), 'test') == str(path)  # a file is read as it is
+  assert compare.predictions_file('runs/a', 'valid') == 'runs/a/predictions_valid.jsonl'

@@ -36,6 +36,20 @@ class PairedDifference:
     return self.diff / self.stderr if self.stderr > 0 else 0.0
 
 
+def predictions_file(run: str, split: str) -> str:
+  """A run's predictions: `run` itself when it is a .jsonl / .jsonl.gz file (e.g. one committed
+  under docs/runs/), else `<run>/predictions_<split>.jsonl`."""
+  if run.endswith(('.jsonl', '.jsonl.gz')):
+    return run
+  return os.path.join(run, f'predictions_{split}.jsonl')
+
+
+def file_metrics(path: str | os.PathLike, ks: Sequence[int]) -> dict[str, float]:
+  """Item-level metrics of a predictions file: the mean of `per_row_metrics` over its rows."""
+  _, values = per_row_metrics(path, ks)
+  return {m: float(v.mean()) for m, v in values.items()}
+
+
 def per_row_metrics(path: str | os.PathLike, ks: Sequence[int], item_to_group=None,
                     level: str = 'item') -> tuple[list[tuple[str, int]], dict[str, np.ndarray]]:
   """((user_id, target) per row, {'hr@K'|'ndcg@K'|'mrr@K': float64 `[rows]`}) of a file, at
