@@ -283,7 +283,8 @@ def test_several_updates_per_rollout_move_the_ratio(mode):
   batch = _beam_batch(config, params, trie, prompts, positions, mask, targets, vocab,
                       add_target=True)
   out = {}
-  for updates in (1, 2):
+  # With one update per rollout the ratio is 1 whatever the advantages: checked in one mode.
+  for updates in ((1, 2) if mode == 'group' else (2,)):
     step = jax.jit(step_lib.make_grpo_step(
         config, token_map=vocab.token_map,
         item_to_group=trie.item_to_group, codes_table=trie.codes,
@@ -291,9 +292,12 @@ def test_several_updates_per_rollout_move_the_ratio(mode):
         clip_eps=0.05))
     state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.adam(1e-2))
     out[updates] = step(state, params, None, batch, jax.random.key(0))
-  (state1, m1), (state2, m2) = out[1], out[2]
-  assert int(state1.step) == 1 and int(state2.step) == 2
-  assert float(m1['ratio_mean']) == 1.0 and float(m1['clip_fraction']) == 0.0
+  state2, m2 = out[2]
+  assert int(state2.step) == 2
   assert abs(float(m2['ratio_mean']) - 1.0) > 1e-4  # the last update sees a moved policy
   assert float(m2['clip_fraction']) > 0.0
-  assert float(m1['zero_advantage_groups']) < 1.0
+  assert float(m2['zero_advantage_groups']) < 1.0
+  if 1 in out:
+    state1, m1 = out[1]
+    assert int(state1.step) == 1
+    assert float(m1['ratio_mean']) == 1.0 and float(m1['clip_fraction']) == 0.0

@@ -130,6 +130,9 @@ def finished_llm_pipeline(tmp_path_factory):
   folder = tiny_llm.write_tiny_llama(str(root / 'llama'))
   config = load_config(f'configs/pipeline.py:tiny,backbone=hf:{folder}')
   config.dataset.data.data_dir = str(root / 'tfds')
+  # The LLM path is under test here; the default (LETTER) tokenizer is run by
+  # run_pipeline_test.py. RQ-KMeans compiles nothing, which would dominate a tiny run.
+  config.tokenizer.method, config.tokenizer.collab.mode = 'rqkmeans', 'none'
   for stage in ('sft', 'sasrec', 'popularity', 'bpr', 'grpo'):
     config[stage].mesh.num_devices = 1
   workdir = str(root / 'run')
