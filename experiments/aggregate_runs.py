@@ -34,7 +34,7 @@ def main(argv):
   ks = [int(k) for k in _KS.value]
   metrics = []
   for run in _RUNS.value:
-    if run.endswith(('.jsonl', '.jsonl.gz')):
+    if compare.is_predictions_file(run):
       metrics.append(compare.file_metrics(run, ks))
       continue
     with open(os.path.join(run, 'results.json'), encoding='utf-8') as f:

@@ -96,3 +96,4 @@ def test_file_metrics_and_predictions_file(tmp_path):
   assert out['ndcg@2'] == pytest.approx((1 + 1 / np.log2(3)) / 4)
   assert compare.predictions_file(str(path), 'test') == str(path)  # a file is read as it is
   assert compare.predictions_file('runs/a', 'valid') == 'runs/a/predictions_valid.jsonl'
+  assert compare.is_predictions_file('x.jsonl') and not compare.is_predictions_file('runs/a')

@@ -36,10 +36,16 @@ class PairedDifference:
     return self.diff / self.stderr if self.stderr > 0 else 0.0
 
 
+def is_predictions_file(run: str) -> bool:
+  """Whether `run` names a predictions file (.jsonl / .jsonl.gz, e.g. one committed under
+  docs/runs/) rather than a workdir."""
+  return run.endswith(('.jsonl', '.jsonl.gz'))
+
+
 def predictions_file(run: str, split: str) -> str:
-  """A run's predictions: `run` itself when it is a .jsonl / .jsonl.gz file (e.g. one committed
-  under docs/runs/), else `<run>/predictions_<split>.jsonl`."""
-  if run.endswith(('.jsonl', '.jsonl.gz')):
+  """A run's predictions: `run` itself when it is a predictions file, else
+  `<run>/predictions_<split>.jsonl`."""
+  if is_predictions_file(run):
     return run
   return os.path.join(run, f'predictions_{split}.jsonl')
 
