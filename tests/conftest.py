@@ -6,6 +6,9 @@ os.environ.setdefault('XLA_FLAGS', '')
 if '--xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=4'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# The tests' programs are tiny, so XLA's optimisation passes cost more than they save (about a
+# quarter of the suite's time); binaries started by tests inherit this too.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 import pytest  # noqa: E402
 

@@ -64,7 +64,8 @@ def exported(tmp_path_factory):
     command = [sys.executable, os.path.join(REPO, 'experiments', 'train_sft.py'),
                f'--config={os.path.join(REPO, "configs", "sft.py")}:dataset=industrial,tiny'
                f'{backbone}', '--config.data.category=Toy', f'--config.data.manual_dir={data}',
-               f'--config.data.data_dir={root}/tfds_{kind}', f'--workdir={workdirs[kind]}']
+               f'--config.data.data_dir={root}/tfds_{kind}', '--config.mesh.num_devices=1',
+               f'--workdir={workdirs[kind]}']
     procs[kind] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    text=True)
   try:

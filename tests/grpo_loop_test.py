@@ -25,6 +25,7 @@ def sft_workdir(tmp_path_factory):
   config.data.manual_dir = data_root
   config.data.data_dir = str(root / 'tfds')
   config.train.epochs = 2
+  config.mesh.num_devices = 1  # GRPO below runs on all 4 devices in one test only
   workdir = str(root / 'sft')
   sft_loop.train_and_evaluate(config, workdir)
   return workdir
@@ -82,6 +83,7 @@ def test_best_report_keeps_the_valid_best_step(sft_workdir, tmp_path, monkeypatc
   config.init_from = sft_workdir
   config.eval.report = 'best'
   config.train.eval_every_steps = 1
+  config.mesh.num_devices = 1
   # Valid peaks after step 2, then falls: whatever test would say, step 2 is reported.
   valid = [0.1, 0.2, 0.9] + [0.3] * config.train.steps
   seen = _scripted_valid(monkeypatch, valid)

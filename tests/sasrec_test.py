@@ -289,6 +289,7 @@ def _config(data_root, tfds_dir, arg):
   config.train.max_steps_per_epoch = 0
   config.optim.lr = 1e-2
   config.eval.ks = (1, 5, 10, 20)
+  config.mesh.num_devices = 1  # the resume test below runs the sharded loop
   return config
 
 
@@ -323,6 +324,7 @@ def test_tiny_training_beats_random_and_writes_outputs(successor_data, tmp_path)
 def test_resumed_run_matches_an_uninterrupted_run(successor_data, tmp_path):
   config = _config(successor_data, str(tmp_path / 'tfds'), 'variant=recbole,tiny')
   config.train.epochs = 2
+  config.mesh.num_devices = 0  # all 4 devices: the data-parallel loop
   straight_dir, resumed_dir = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   straight = train_lib.train_sasrec(config, straight_dir)
   # A run killed after epoch 1: the same workdir without anything saved after epoch 1.

@@ -27,8 +27,10 @@ def _command(data_root, workdir):
           f'--config={os.path.join(REPO, "configs", "sft.py")}:dataset=industrial,tiny',
           '--config.data.category=Toy', f'--config.data.manual_dir={data_root}',
           f'--config.data.data_dir={os.path.dirname(workdir)}/tfds',
-          '--config.train.epochs=4', '--config.train.eval_every_steps=20',
-          '--config.ckpt.every_steps=5', f'--workdir={workdir}']
+          '--config.train.epochs=2', '--config.train.eval_every_steps=20',
+          '--config.ckpt.every_steps=5', f'--workdir={workdir}',
+          # One device: sharded resumption is tests/sft_parallel_test.py's; 4 compile slower.
+          '--config.mesh.num_devices=1']
 
 
 def _final(workdir):

@@ -1,9 +1,10 @@
-"""The semantic-ID stage end to end (user-supplied embeddings), then SFT on its SIDs."""
+"""The semantic-ID stage end to end (user-supplied embeddings).
+
+SFT on a tokenizer's SIDs is trained by the tiny pipeline (tests/run_pipeline_test.py).
+"""
 
 import json
 import os
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
@@ -15,8 +16,6 @@ from minirec_jax.infra.config_utils import load_config
 from minirec_jax.semantic_ids import catalogue
 from minirec_jax.semantic_ids import stage
 from minirec_jax.testing import write_synthetic_layout
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -55,19 +54,3 @@ def test_stage_writes_a_collision_free_sid_table(workspace, method):
 def config_dict(**kw):
   return ml_collections.ConfigDict(kw)
 
-
-def test_sft_trains_on_tokenizer_sids(workspace):
-  root, layout = workspace
-  workdir = str(root / 'tok_rqkmeans')
-  if not os.path.exists(os.path.join(workdir, 'sids.npz')):
-    pytest.skip('needs the rqkmeans stage run above')
-  out = str(root / 'sft')
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'experiments', 'train_sft.py'),
-       f'--config={os.path.join(REPO, "configs", "sft.py")}:dataset=industrial,tiny',
-       '--config.data.category=Toy', f'--config.data.manual_dir={layout}',
-       f'--config.data.data_dir={root / "tfds"}', '--config.sids.source=tokenizer',
-       f'--config.sids.path={workdir}', f'--workdir={out}'], capture_output=True, text=True)
-  assert result.returncode == 0, result.stderr[-3000:]
-  with open(os.path.join(out, 'results.json')) as f:
-    assert json.load(f)['test']['examples'] > 0
