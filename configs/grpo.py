@@ -61,6 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.max_examples = 1000       # valid prefix used to pick the best step
   config.eval.report_max_examples = 0
   config.eval.report = 'best'           # final metrics of the 'best' (valid) or 'last' step
+  config.eval.report_splits = ('valid', 'test')  # ablations: ('valid',), test never decoded
 
   config.ckpt = ml_collections.ConfigDict()
   config.ckpt.keep = 2

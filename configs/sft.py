@@ -89,6 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.max_examples = 500         # > 0: select checkpoints on a prefix of the split
   config.eval.report_max_examples = 0    # > 0: final report on a prefix (smoke runs only)
   config.eval.valid_report_max_examples = -1  # >= 0: valid's report rows (-1: as above)
+  config.eval.report_splits = ('valid', 'test')  # ablations: ('valid',), test never decoded
 
   config.ckpt = ml_collections.ConfigDict()
   config.ckpt.keep = 2

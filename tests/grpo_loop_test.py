@@ -8,6 +8,7 @@ import pytest
 from minirec_jax.data import synthetic
 from minirec_jax.evaluation import predictions
 from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import artifacts
 from minirec_jax.loops import grpo as grpo_loop
 from minirec_jax.loops import sft as sft_loop
 from minirec_jax.testing import write_synthetic_layout
@@ -108,6 +109,29 @@ def test_text_prompt_sources_need_a_language_model(sft_workdir, tmp_path):
   config.grpo.prompt_sources = ('item_text',)
   with pytest.raises(ValueError, match='need a language-model policy'):
     grpo_loop.train_and_evaluate(config, str(tmp_path))
+
+
+def test_a_valid_only_report_never_decodes_test(sft_workdir, tmp_path):
+  # What ablations use: the chosen checkpoint is reported on valid, test is not even decoded.
+  policy = artifacts.load_policy(sft_workdir)
+  config = artifacts.workdir_config(sft_workdir)
+  config.eval.report_splits = ('valid',)
+  results = sft_loop.report_splits(config, str(tmp_path), policy.setup, policy.params)
+  assert list(results) == ['valid'] and results['valid']['examples'] > 0
+  assert os.path.exists(tmp_path / 'predictions_valid.jsonl')
+  assert not any('test' in name for name in os.listdir(tmp_path))
+
+
+@pytest.mark.parametrize('splits', [(), ('valid', 'valid'), ('train',), ('test', 'dev')])
+def test_bad_report_splits_fail_before_training(sft_workdir, tmp_path, splits):
+  sft = load_config(os.path.join(REPO, 'configs', 'sft.py') + ':dataset=industrial,tiny')
+  grpo = load_config(os.path.join(REPO, 'configs', 'grpo.py') + ':tiny')
+  grpo.init_from = sft_workdir
+  for config, train in ((sft, sft_loop.train_and_evaluate), (grpo, grpo_loop.train_and_evaluate)):
+    config.eval.report_splits = splits
+    with pytest.raises(ValueError, match='eval.report_splits must be a non-empty subset'):
+      train(config, str(tmp_path / 'run'))
+    assert not os.path.exists(tmp_path / 'run')
 
 
 def test_sft_refuses_to_select_on_test(tmp_path):

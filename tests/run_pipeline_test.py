@@ -172,6 +172,14 @@ def test_tiger_is_an_optional_stage_and_row(tmp_path):
   assert all(with_tiger[name] == key for name, key in default.items() if name != 'evaluation')
 
 
+@pytest.mark.parametrize('stage', ['sft', 'grpo'])
+def test_a_policy_that_would_not_report_test_is_refused_when_planning(tmp_path, stage):
+  config = load_config('configs/pipeline.py:tiny')
+  config[stage].eval.report_splits = ('valid',)
+  with pytest.raises(ValueError, match=f"{stage}.eval.report_splits=.'valid',.: the pipeline"):
+    ep.stages(config, str(tmp_path))
+
+
 def test_collaborative_reward_reads_the_pipelines_sasrec(tmp_path):
   config = load_config('configs/pipeline.py:tiny')
   plan = ep.stages(config, str(tmp_path))

@@ -80,6 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   if config.eval.report not in ('best', 'last'):
     raise ValueError(f"config.eval.report must be 'best' or 'last', got {config.eval.report!r}")
+  run_lib.reported_splits(config.eval)
   collab = [f'grpo.rewards.{name}' for name in ('collab', 'collab_rank')
             if config.grpo.rewards.get(name)]
   if collab and scorer is None and not config.grpo.reward_model:

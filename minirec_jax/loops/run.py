@@ -40,6 +40,20 @@ def check_selection_split(split: str) -> None:
                      'is evaluated once, at the end, on the chosen checkpoint')
 
 
+REPORT_SPLITS = ('valid', 'test')
+
+
+def reported_splits(eval_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The splits a loop's final report decodes, in REPORT_SPLITS order: `eval.report_splits`
+  (default both). Ablations set ('valid',), so that test is not even decoded while a recipe
+  or a tokenizer is still being chosen."""
+  splits = tuple(eval_config.get('report_splits', REPORT_SPLITS))
+  if not splits or len(set(splits)) != len(splits) or not set(splits) <= set(REPORT_SPLITS):
+    raise ValueError(f'eval.report_splits must be a non-empty subset of {REPORT_SPLITS} '
+                     f'without repeats, got {splits!r}')
+  return tuple(split for split in REPORT_SPLITS if split in splits)
+
+
 def write_predictions(workdir: str, split: str, rows: Iterable[dict]) -> None:
   """`workdir/predictions_<split>.jsonl`, validated and written atomically."""
   predictions.write(os.path.join(workdir, f'predictions_{split}.jsonl'), rows)
@@ -63,9 +77,11 @@ class Run:
                                      best_metric=best_metric, best_mode=best_mode)
 
   def finish(self, step: int, results: dict) -> dict:
-    """Writes results.json, logs its test metrics as `final_test/` and closes the writer."""
+    """Writes results.json, logs its test metrics (if reported) as `final_test/` and closes
+    the writer."""
     io_utils.write_json(self.path(RESULTS_FILE), results)
-    self.writer.write(step, results['test'], prefix='final_test/')
+    if 'test' in results:
+      self.writer.write(step, results['test'], prefix='final_test/')
     self.writer.close()
     return results
 

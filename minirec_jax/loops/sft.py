@@ -356,6 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   of each epoch; `config.train.batch_size` is the global batch.
   """
   run_lib.check_selection_split(config.eval.split)
+  run_lib.reported_splits(config.eval)  # a bad value fails before training, not after
   run = run_lib.start(config, workdir)
   mesh = run.mesh
   s = setup(config)
@@ -434,9 +435,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def report_splits(config: ml_collections.ConfigDict, workdir: str, s: SftSetup,
                   params) -> dict[str, dict]:
-  """Beam-search evaluation of valid and test by `config.eval` (the first
-  `report_max_examples` rows; 0: all; valid's first `valid_report_max_examples` when that is
-  >= 0, e.g. a slow model's selection prefix), each split's predictions file written into
+  """Beam-search evaluation of the splits of `eval.report_splits` (valid and test by default)
+  by `config.eval` (the first `report_max_examples` rows; 0: all; valid's first
+  `valid_report_max_examples` when that is >= 0, e.g. a slow model's selection prefix), each
+  split's predictions file written into
   `workdir`; returns {split: metrics}. Also writes the SID groups
   (`predictions.ITEM_GROUPS_FILE`), with which the files' SID-level metrics are recomputed.
   Each split's running sums are kept in `<workdir>/eval_<split>.partial.json` until it is done,
@@ -445,7 +447,7 @@ def report_splits(config: ml_collections.ConfigDict, workdir: str, s: SftSetup,
                                s.sids.item_to_group)
   results = {}
   valid_rows = config.eval.get('valid_report_max_examples', -1)
-  for split in ('valid', 'test'):
+  for split in run_lib.reported_splits(config.eval):
     rows = valid_rows if split == 'valid' and valid_rows >= 0 else config.eval.report_max_examples
     result = evaluate(s, params, config.eval, split, rows, keep_predictions=True,
                       resume_file=os.path.join(workdir, f'eval_{split}.partial.json'))
@@ -467,6 +469,7 @@ def report(config: ml_collections.ConfigDict, workdir: str, s: SftSetup, params,
     print(ranking.full_table(item_lists.sid_level(metrics)))
     print(f'target perplexity: {metrics["ppl_token"]:.3f} per token, '
           f'{metrics["ppl_item"]:.2f} per item')
-  print(ranking.table1({f'minirec-jax {name}, item level': results['test'],
-                        f'minirec-jax {name}, SID level': item_lists.sid_level(results['test'])}))
+  if 'test' in results:
+    print(ranking.table1({f'minirec-jax {name}, item level': results['test'],
+                          f'minirec-jax {name}, SID level': item_lists.sid_level(results['test'])}))
   return results

@@ -38,6 +38,7 @@ from minirec_jax.data import stats as stats_lib
 from minirec_jax.infra import io_utils
 from minirec_jax.loops import artifacts
 from minirec_jax.loops import grpo as grpo_loop
+from minirec_jax.loops import run as run_lib
 from minirec_jax.loops import sasrec as sasrec_train
 from minirec_jax.loops import sft as sft_loop
 from minirec_jax.pipeline import registry
@@ -123,6 +124,15 @@ def _loop_stage(train: Callable[[ml_collections.ConfigDict, str], dict]) -> regi
   return run
 
 
+def _reporting_test(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+  """`config` (stage `stage`'s), checked to report test: the results table reads its test
+  predictions."""
+  if 'test' not in run_lib.reported_splits(config.eval):
+    raise ValueError(f'{stage}.eval.report_splits={tuple(config.eval.report_splits)!r}: the '
+                     "pipeline's results table reads each method's test predictions")
+  return config
+
+
 def _reads_pipeline_sids(config: ml_collections.ConfigDict, stage: str) -> bool:
   """Whether `stage` (sft or tiger) trains on this workdir's semantic_ids stage (a tokenizer
   source, no path)."""
@@ -137,7 +147,7 @@ def _generative_stage(stage: str, **kwargs) -> None:
     config = _copy(context.config[stage])
     if _reads_pipeline_sids(context.config, stage):
       config.sids.path = context.folder('semantic_ids')
-    return config
+    return _reporting_test(config, stage)
 
   registry.register_stage(
       stage, _loop_stage(sft_loop.train_and_evaluate), configure=configure,
@@ -163,7 +173,7 @@ def _grpo_config(context: registry.Context) -> ml_collections.ConfigDict:
   grpo.init_from = grpo.init_from or context.folder('sft')
   if _grpo_reads_pipeline_sasrec(context.config):
     grpo.grpo.reward_model = context.folder('sasrec')
-  return grpo
+  return _reporting_test(grpo, 'grpo')
 
 
 registry.register_stage(
