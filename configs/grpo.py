@@ -38,6 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.grpo.sft_weight = 0.0          # > 0: add this x the target's NLL (SFT anchor)
   config.grpo.advantage = 'group'       # 'group' (official) | 'sibling' | 'level' per token
   config.grpo.updates_per_rollout = 1   # > 1: several clipped updates on each rollout batch
+  # Per-prompt gate (rl/step.py): drop groups whose rollout policy puts > max_top_prob of the
+  # group's probability on one candidate, or whose target the reward model ranks above less
+  # than min_reward_auc of the group's other candidates (needs reward_model). 1.0 / 0.0: off.
+  config.grpo.gate = ml_collections.ConfigDict({'max_top_prob': 1.0, 'min_reward_auc': 0.0})
   config.grpo.ref_sync_every = 0        # > 0: ref <- alpha * policy + (1 - alpha) * ref
   config.grpo.ref_sync_alpha = 0.6
   config.grpo.reward_model = ''         # train_sasrec workdir: needed while rewards.collab > 0

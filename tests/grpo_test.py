@@ -301,3 +301,49 @@ def test_several_updates_per_rollout_move_the_ratio(mode):
     state1, m1 = out[1]
     assert int(state1.step) == 1
     assert float(m1['ratio_mean']) == 1.0 and float(m1['clip_fraction']) == 0.0
+
+
+def test_gate_quantities_on_hand_made_groups():
+  # Two groups of 3 candidates, 2 tokens each; group 1's last candidate is missing.
+  log_probs = jnp.log(jnp.array([[[0.5, 1.0], [0.5, 0.5], [0.25, 1.0]],
+                                 [[0.9, 1.0], [0.1, 0.5], [0.3, 0.3]]]))
+  valid = jnp.array([[True, True, True], [True, True, False]])
+  # Sequence probabilities 0.5 / 0.25 / 0.25, and 0.9 / 0.05 (the third is not counted).
+  np.testing.assert_allclose(step_lib.top_candidate_prob(log_probs, valid),
+                             [0.5, 0.9 / 0.95], rtol=1e-6)
+  scores = jnp.array([[0.0, 3.0, 1.0, 2.0, 5.0]])  # scorer: one score per item
+  scorer = sasrec.ScoreFns(
+      score=lambda params, history, length, items: jnp.take_along_axis(
+          jnp.broadcast_to(scores, (items.shape[0], 5)), items, 1),
+      score_all=None)
+  batch = {'items': jnp.array([[4, 1, 2, -1], [0, 2, 4, 4], [3, -1, -1, -1]]),
+           'target': jnp.array([3, 1, 3]), 'history': jnp.zeros((3, 2), jnp.int32),
+           'history_len': jnp.ones(3, jnp.int32)}
+  # Target 3 scores 2: above item 2 (1), below 4 (5) and 1 (3) -> 1/3; target 1 (3) beats 0
+  # and 2 but not 4 (twice) -> 2/4; the third group holds only its target -> 1.
+  np.testing.assert_allclose(step_lib.reward_auc(batch, None, scorer, jnp.arange(5)),
+                             [1 / 3, 0.5, 1.0], rtol=1e-6)
+
+
+def test_confidence_gate_drops_the_groups_the_policy_is_sure_of():
+  codes, vocab, config, trie, prompts, positions, mask, params = _toy()
+  targets = jnp.arange(8) % 12
+  batch = _beam_batch(config, params, trie, prompts, positions, mask, targets, vocab)
+  candidates = jnp.asarray(vocab.item_tokens(codes)[np.maximum(np.asarray(batch['items']), 0)])
+  top = np.asarray(step_lib.top_candidate_prob(
+      _log_probs(config, params, prompts, positions, mask, candidates), batch['items'] >= 0))
+  threshold = float(np.median(top))
+  step = jax.jit(step_lib.make_grpo_step(
+      config, token_map=vocab.token_map, item_to_group=trie.item_to_group,
+      codes_table=trie.codes, weights={'rule': 1.0, 'rank': 1.0}, beta=0.0,
+      gate_max_top_prob=threshold))
+  state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.0))
+  metrics = step(state, params, None, batch, jax.random.key(0))[1]
+  assert 0.0 < float(metrics['gated_groups']) < 1.0
+  np.testing.assert_allclose(metrics['gated_groups'], (top > threshold).mean(), atol=1e-6)
+  with pytest.raises(ValueError, match='needs a reward model'):
+    step_lib.make_grpo_step(config, token_map=vocab.token_map, item_to_group=None,
+                            codes_table=None, weights={'rule': 1.0}, gate_min_reward_auc=0.5)
+  with pytest.raises(ValueError, match='gate_max_top_prob must be in'):
+    step_lib.make_grpo_step(config, token_map=vocab.token_map, item_to_group=None,
+                            codes_table=None, weights={'rule': 1.0}, gate_max_top_prob=0.0)

@@ -83,6 +83,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run_lib.reported_splits(config.eval)
   collab = [f'grpo.rewards.{name}' for name in ('collab', 'collab_rank')
             if config.grpo.rewards.get(name)]
+  if 'gate' in config.grpo and config.grpo.gate.min_reward_auc > 0:
+    collab.append('grpo.gate.min_reward_auc')
   if collab and scorer is None and not config.grpo.reward_model:
     raise ValueError(f'{" and ".join(collab)} > 0 needs a collaborative model: set '
                      'grpo.reward_model to a train_sasrec workdir (e.g. variant=recbole), or '
@@ -112,7 +114,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       kl_estimator=g.kl_estimator, clip_eps=g.clip_eps, aggregation=g.aggregation,
       adv_ddof=g.adv_ddof, adv_eps=g.adv_eps, sft_weight=g.sft_weight,
       advantage_mode=g.get('advantage', 'group'),
-      updates_per_rollout=g.get('updates_per_rollout', 1), scorer=scorer)
+      updates_per_rollout=g.get('updates_per_rollout', 1),
+      gate_max_top_prob=g.gate.max_top_prob if 'gate' in g else 1.0,
+      gate_min_reward_auc=g.gate.min_reward_auc if 'gate' in g else 0.0, scorer=scorer)
 
   ckpts = run.checkpoints(artifacts.GRPO_SELECT_BY)
   pool = _prompt_pool(config, policy)

@@ -163,9 +163,11 @@ registry.register_stage('bpr', _loop_stage(sasrec_train.train_sasrec), inputs=('
 
 
 def _grpo_reads_pipeline_sasrec(config: ml_collections.ConfigDict) -> bool:
-  """Whether the collaborative reward uses this workdir's SASRec (weighted, no model path)."""
-  rewards = config.grpo.grpo.rewards
-  return bool(rewards.collab or rewards.get('collab_rank')) and not config.grpo.grpo.reward_model
+  """Whether the collaborative reward or gate uses this workdir's SASRec (weighted, no model
+  path)."""
+  g = config.grpo.grpo
+  uses = g.rewards.collab or g.rewards.get('collab_rank') or ('gate' in g and g.gate.min_reward_auc)
+  return bool(uses) and not g.reward_model
 
 
 def _grpo_config(context: registry.Context) -> ml_collections.ConfigDict:

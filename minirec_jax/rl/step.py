@@ -61,12 +61,34 @@ def group_rewards(batch, reward_params, *, weights: dict[str, float], item_to_gr
   return total, {f'reward_{k}': v.mean() for k, v in parts.items()}
 
 
+def top_candidate_prob(log_probs: jax.Array, valid: jax.Array) -> jax.Array:
+  """`[B]`: the largest share of a group's probability on one candidate, from the candidates'
+  token log-probs `[B, G, T]` (summed per candidate, renormalised over the valid ones `[B, G]`)."""
+  sequence = jnp.where(valid, log_probs.sum(-1), -jnp.inf)
+  share = jnp.exp(sequence.max(-1) - jax.nn.logsumexp(sequence, axis=-1))
+  return jnp.where(valid.any(-1), share, 0.0)
+
+
+def reward_auc(batch, reward_params, scorer: ScoreFns, item_to_group) -> jax.Array:
+  """`[B]`: the share of each group's valid candidates other than the target (and items
+  sharing its SID) that the collaborative scorer ranks below the target; 1 when there are
+  none."""
+  items, target = batch['items'], batch['target']
+  history, history_len = batch['history'], batch['history_len']
+  scores = scorer.score(reward_params, history, history_len, jnp.maximum(items, 0))
+  target_score = scorer.score(reward_params, history, history_len, target[:, None])
+  negative = (items >= 0) & ~rewards_lib.hits(items, target, item_to_group)
+  below = ((scores < target_score) & negative).sum(1)
+  return jnp.where(negative.any(1), below / jnp.maximum(negative.sum(1), 1), 1.0)
+
+
 def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_group: jax.Array,
                    codes_table: jax.Array,
                    weights: dict[str, float], beta: float = 1e-3, kl_estimator: str = 'k3',
                    clip_eps: float = 0.2, aggregation: str = 'seq_mean_token_mean',
                    adv_ddof: int = 1, adv_eps: float = 1e-4, sft_weight: float = 0.0,
                    advantage_mode: str = 'group', updates_per_rollout: int = 1,
+                   gate_max_top_prob: float = 1.0, gate_min_reward_auc: float = 0.0,
                    scorer: ScoreFns | None = None, axis_name: str | None = None) -> Callable:
   """Returns the un-jitted pure GRPO step.
 
@@ -80,9 +102,21 @@ def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_gro
   `advantage_mode`: 'group' (official), 'sibling' or 'level' (`grpo.token_advantages`; 'level'
   rewards level l < L - 1 with a hit of the target's first l + 1 codes, the last level with the
   full reward). `updates_per_rollout`: optimizer updates on each rollout batch.
+
+  A per-prompt gate (after AdaGRPO: RL helps where the policy is unsure and the reward model
+  can tell the target from the rollout's negatives) zeroes the advantages of a group when
+  the rollout policy puts more than `gate_max_top_prob` of the group's probability on one
+  candidate (a prompt it has learnt; e.g. most train prompts after 8 SFT epochs), or when
+  the collaborative scorer ranks the target above less than `gate_min_reward_auc` of the
+  group's valid non-hit candidates (needs `scorer`). The defaults gate nothing.
   """
   if updates_per_rollout < 1:
     raise ValueError(f'updates_per_rollout must be >= 1, got {updates_per_rollout}')
+  if not 0.0 < gate_max_top_prob <= 1.0 or not 0.0 <= gate_min_reward_auc <= 1.0:
+    raise ValueError(f'gate_max_top_prob must be in (0, 1] and gate_min_reward_auc in [0, 1], '
+                     f'got {gate_max_top_prob} and {gate_min_reward_auc}')
+  if gate_min_reward_auc > 0 and scorer is None:
+    raise ValueError('gate_min_reward_auc > 0 needs a reward model (scorer)')
 
   def step(state, ref_params, reward_params, batch, rng):
     del rng  # the update is deterministic given the rollout
@@ -98,6 +132,9 @@ def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_gro
       level_rewards = prefix_hit.at[..., -1].set(reward)
     advantages = grpo.token_advantages(reward, codes, items >= 0, mode=advantage_mode,
                                        level_rewards=level_rewards, ddof=adv_ddof, eps=adv_eps)
+    keep = jnp.ones((b,), bool)
+    if gate_min_reward_auc > 0:
+      keep = reward_auc(batch, reward_params, scorer, item_to_group) >= gate_min_reward_auc
     table = beam_search.token_ids(token_map)
     terminator = jnp.asarray(token_map.terminator, jnp.int32)
     num_tokens = num_levels + len(token_map.terminator)
@@ -123,10 +160,16 @@ def make_grpo_step(config: DecoderConfig, *, token_map: SidTokenMap, item_to_gro
       all_lp, entropy = prompted.completion_log_probs(config, params, *prompt, scored,
                                                       with_entropy=True)
       lp = all_lp[:, :g].reshape(b * g, num_tokens)
+      old_lp = jax.lax.stop_gradient(lp) if old_lp is None else old_lp
+      kept = keep
+      if gate_max_top_prob < 1.0:
+        kept = kept & (top_candidate_prob(old_lp.reshape(b, g, num_tokens), items >= 0)
+                       <= gate_max_top_prob)
+      gated = advantages * kept[:, None, None]
       loss, metrics = grpo.grpo_loss(
-          lp, jax.lax.stop_gradient(lp) if old_lp is None else old_lp,
-          ref_lp.reshape(b * g, num_tokens), advantages.reshape(b * g, num_tokens), valid,
+          lp, old_lp, ref_lp.reshape(b * g, num_tokens), gated.reshape(b * g, num_tokens), valid,
           clip_eps=clip_eps, beta=beta, kl_estimator=kl_estimator, aggregation=aggregation)
+      metrics['gated_groups'] = 1.0 - kept.mean()
       # Mean next-token entropy over the candidates' tokens: a collapsing policy shows here
       # before its rollouts stop differing.
       metrics['entropy'] = jax.lax.stop_gradient(
