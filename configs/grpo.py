@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.steps = 100             # the recipe's budget in the valid ablation
   config.train.prompts_per_step = 64
+  # (low, high): the fractions of the train split (file order) GRPO prompts come from. After an
+  # SFT with train.data_fraction=f, (f, 1.0) are rows whose targets it never trained on.
+  config.train.prompt_rows = (0.0, 1.0)
   config.train.eval_every_steps = 50
 
   config.optim = optimizer_config(lr=1e-4, warmup_steps=6, clip_norm=0.3)

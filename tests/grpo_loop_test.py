@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from minirec_jax.data import pipeline
 from minirec_jax.data import synthetic
 from minirec_jax.evaluation import predictions
 from minirec_jax.infra.config_utils import load_config
@@ -120,6 +121,19 @@ def test_a_valid_only_report_never_decodes_test(sft_workdir, tmp_path):
   assert list(results) == ['valid'] and results['valid']['examples'] > 0
   assert os.path.exists(tmp_path / 'predictions_valid.jsonl')
   assert not any('test' in name for name in os.listdir(tmp_path))
+
+
+def test_prompt_rows_can_leave_out_the_rows_the_sft_trained_on(sft_workdir):
+  policy = artifacts.load_policy(sft_workdir)
+  config = load_config(os.path.join(REPO, 'configs', 'grpo.py') + ':tiny')
+  train = policy.setup.dataset.split('train')
+  assert tuple(config.train.prompt_rows) == (0.0, 1.0)
+  rows = grpo_loop.prompt_rows(config, policy)
+  assert (rows.start, rows.stop) == (0, len(train))
+  config.train.prompt_rows = (0.5, 1.0)  # as after an SFT with train.data_fraction=0.5
+  rows = grpo_loop.prompt_rows(config, policy)
+  assert (rows.start, rows.stop) == (pipeline.leading_rows(len(train), 0.5), len(train))
+  assert rows[0]['user_id'] == train[rows.start]['user_id']
 
 
 @pytest.mark.parametrize('splits', [(), ('valid', 'valid'), ('train',), ('test', 'dev')])

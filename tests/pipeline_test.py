@@ -86,3 +86,32 @@ def test_array_batches_pad_and_shuffle():
   shuffled = [b['x'] for b in pipeline.array_batches(arrays, 5, seed=0)]
   assert sorted(np.concatenate(shuffled).tolist()) == list(range(10))
   assert np.all(batches[0]['y'] == 2 * batches[0]['x'])
+
+
+class _BulkOnly(list):
+  """A source that counts its bulk reads, as the array_record sources are read."""
+
+  bulk_reads = 0
+
+  def __getitems__(self, indices):
+    self.bulk_reads += 1
+    return [self[i] for i in indices]
+
+
+def test_row_ranges_split_a_source_where_an_sft_data_fraction_stops():
+  source = _BulkOnly(_source(n=23))
+  seen = pipeline.leading_rows(len(source), 0.7)  # what SFT's data_fraction=0.7 trains on
+  assert seen == 16 and pipeline.leading_rows(3, 0.01) == 1
+  head, rest = pipeline.fraction_range(source, 0.0, 0.7), pipeline.fraction_range(source, 0.7, 1.0)
+  assert (head.start, head.stop, rest.start, rest.stop) == (0, 16, 16, 23)
+  assert [r['target'] for r in rest] == list(range(16, 23))
+  batches = list(pipeline.batched(rest, pipeline.BatchSpec(4, drop_remainder=False)))
+  assert _targets(batches) == [[16, 17, 18, 19], [20, 21, 22]]
+  assert source.bulk_reads == 2  # one bulk read per batch, through the range
+  with pytest.raises(IndexError):
+    rest[7]  # pylint: disable=pointless-statement
+  for low, high in ((0.5, 0.5), (-0.1, 1.0), (0.2, 1.1)):
+    with pytest.raises(ValueError, match='0 <= low < high <= 1'):
+      pipeline.fraction_range(source, low, high)
+  with pytest.raises(ValueError, match='data fraction must be in'):
+    pipeline.leading_rows(10, 0.0)

@@ -24,6 +24,47 @@ import numpy as np
 PAD_ITEM = -1
 
 
+def leading_rows(num_rows: int, fraction: float) -> int:
+  """How many of `num_rows` rows (in file order) the first `fraction` in (0, 1] covers: at
+  least one. SFT's `train.data_fraction` trains on these; the rest are rows it never saw."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f'data fraction must be in (0, 1], got {fraction}')
+  return max(1, int(round(fraction * num_rows)))
+
+
+class RowRange(Sequence[dict]):
+  """Rows `[start, stop)` of a random-access source, itself random access (`len`, `[i]` and
+  the bulk `__getitems__` that `batched` reads with)."""
+
+  def __init__(self, source: Sequence[dict], start: int, stop: int):
+    if not 0 <= start < stop <= len(source):
+      raise ValueError(f'row range [{start}, {stop}) is empty or outside the {len(source)} rows')
+    self.source, self.start, self.stop = source, start, stop
+
+  def __len__(self) -> int:
+    return self.stop - self.start
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < len(self):
+      raise IndexError(index)
+    return self.source[self.start + index]
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+    rows = [self.start + int(i) for i in indices]
+    getitems = getattr(self.source, '__getitems__', None)
+    return getitems(rows) if getitems else [self.source[i] for i in rows]
+
+
+def fraction_range(source: Sequence[dict], low: float, high: float) -> RowRange:
+  """The rows between the first `low` and the first `high` fractions of `source` (file order,
+  counted as `leading_rows` counts): (0, f) are the rows of an SFT with data_fraction f, (f, 1)
+  the rows it never trained on."""
+  if not 0.0 <= low < high <= 1.0:
+    raise ValueError(f'a row fraction range needs 0 <= low < high <= 1, got ({low}, {high})')
+  start = 0 if low == 0.0 else leading_rows(len(source), low)
+  return RowRange(source, start, len(source) if high == 1.0 else leading_rows(len(source), high))
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchSpec:
   batch_size: int

@@ -46,6 +46,21 @@ def step_timing(times: dict[str, list[float]]) -> dict:
   return out
 
 
+def prompt_rows(config: ml_collections.ConfigDict, policy: artifacts.Policy):
+  """The train rows GRPO prompts with: `config.train.prompt_rows` (low, high), fractions of
+  the train split in file order, default all. After an SFT on `train.data_fraction` f,
+  (f, 1.0) holds only rows whose targets the SFT never trained on, as valid and test do."""
+  train = policy.setup.dataset.split('train')
+  low, high = config.train.get('prompt_rows', (0.0, 1.0))
+  rows = pipeline.fraction_range(train, low, high)
+  fraction = policy.sft_config.train.get('data_fraction', 1.0)
+  seen = pipeline.leading_rows(len(train), fraction)
+  logging.info('GRPO prompts: train rows [%d, %d) of %d; the SFT trained on rows [0, %d), %d '
+               'of them among the prompts', rows.start, rows.stop, len(train), seen,
+               max(0, min(seen, rows.stop) - rows.start))
+  return rows
+
+
 def _prompt_pool(config: ml_collections.ConfigDict,
                  policy: artifacts.Policy) -> dict[str, np.ndarray] | None:
   """The RL prompt pool of `config.grpo.prompt_sources` (rl/prompts.py: the official RL
@@ -58,7 +73,7 @@ def _prompt_pool(config: ml_collections.ConfigDict,
   if s.language_model is None:
     raise ValueError(f'grpo.prompt_sources={sources} are text prompts: they need a '
                      'language-model policy (an SFT workdir with model.backbone)')
-  rows = sft_loop.split_rows(s.dataset.split('train'), sft.data.max_history)
+  rows = sft_loop.split_rows(prompt_rows(config, policy), sft.data.max_history)
   pool = rl_prompts.prompt_pool(
       rows, s.language_model.items, s.language_model.tokenizer, sources=sources,
       wording=sft.llm.wording, max_history=sft.data.max_history,
@@ -120,9 +135,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   ckpts = run.checkpoints(artifacts.GRPO_SELECT_BY)
   pool = _prompt_pool(config, policy)
-  if pool is None:  # the recommender's own next-SID prompt of every train row
+  if pool is None:  # the recommender's own next-SID prompt of each prompt row
     spec = pipeline.BatchSpec(config.train.prompts_per_step, max_history=max_history)
-    data = pipeline.batched(s.dataset.split('train'), spec, seed=config.seed, num_epochs=None)
+    data = pipeline.batched(prompt_rows(config, policy), spec, seed=config.seed, num_epochs=None)
   else:
     data = pipeline.array_batches(pool, config.train.prompts_per_step, seed=config.seed,
                                   num_epochs=None)

@@ -58,9 +58,7 @@ from minirec_jax.training import state as state_lib
 def split_rows(source, max_history: int, fraction: float = 1.0) -> list[dict]:
   """The rows of a split (all, or the first `fraction` in file order), histories cut to their
   last `max_history` items."""
-  if not 0.0 < fraction <= 1.0:
-    raise ValueError(f'data fraction must be in (0, 1], got {fraction}')
-  examples = source.__getitems__(list(range(max(1, int(round(fraction * len(source)))))))
+  examples = source.__getitems__(list(range(pipeline.leading_rows(len(source), fraction))))
   if any(len(e['history']) > max_history for e in examples):
     logging.warning('histories longer than %d items were cut to their last %d', max_history,
                     max_history)
