@@ -20,6 +20,7 @@ from absl import flags
 from minirec_jax.data.errors import DataError
 from minirec_jax.evaluation import tokenizer_comparison
 from minirec_jax.infra import io_utils
+from minirec_jax.loops import artifacts
 
 _RUNS = flags.DEFINE_list('runs', None, 'name:sft_workdir pairs, in table order.',
                           required=True)
@@ -40,8 +41,8 @@ def main(argv):
     runs[name] = workdir
   ks = [int(k) for k in _KS.value]
   try:
-    rows = tokenizer_comparison.compare_tokenizers(runs, _BASELINE.value, split=_SPLIT.value,
-                                                   ks=ks)
+    rows = tokenizer_comparison.compare_tokenizers(runs, _BASELINE.value, artifacts.workdir_config,
+                                                   split=_SPLIT.value, ks=ks)
   except (DataError, ValueError) as exc:
     print(f'error: {exc}', file=sys.stderr)
     sys.exit(1)

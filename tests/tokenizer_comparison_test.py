@@ -14,6 +14,7 @@ from minirec_jax.data.errors import DataError
 from minirec_jax.evaluation import predictions
 from minirec_jax.evaluation import tokenizer_comparison as tc
 from minirec_jax.infra.config_utils import load_config
+from minirec_jax.loops import artifacts
 from minirec_jax.semantic_ids import report as report_lib
 from minirec_jax.testing import write_synthetic_layout
 
@@ -56,7 +57,7 @@ def runs(tmp_path):
 
 
 def test_rows_hold_the_report_the_metrics_and_the_paired_gain(runs):
-  rows = tc.compare_tokenizers(runs, 'a', ks=(1,))
+  rows = tc.compare_tokenizers(runs, 'a', artifacts.workdir_config, ks=(1,))
   assert [r.name for r in rows] == ['a', 'b'] and rows[0].paired is None
   tok = rows[0].tokenizer
   assert (tok['collided_items'], tok['collision_groups'], tok['max_group']) == (2, 1, 2)
@@ -71,7 +72,7 @@ def test_rows_hold_the_report_the_metrics_and_the_paired_gain(runs):
   assert '| 1.00e-03 | 12 | 0.2500 | 0.2500 |' in table
   assert '0.7500 (+0.5000 +- 0.2887)' in table
   with pytest.raises(ValueError, match="baseline 'c' is not one of the runs"):
-    tc.compare_tokenizers(runs, 'c')
+    tc.compare_tokenizers(runs, 'c', artifacts.workdir_config)
 
 
 def test_official_sids_are_summarised_from_the_table_with_their_collisions(tmp_path):
@@ -80,7 +81,7 @@ def test_official_sids_are_summarised_from_the_table_with_their_collisions(tmp_p
   data = {'category': 'Toy', 'manual_dir': layout, 'data_dir': str(tmp_path / 'tfds')}
   workdir = _sft_workdir(tmp_path, 'sft_official', {'source': 'official', 'path': ''},
                          [[7]] * 4, data=data)
-  config = tc.sft_config(workdir)
+  config = artifacts.workdir_config(workdir)
   summary = tc.tokenizer_summary(config)
   assert summary['method'] == 'official' and summary['items'] == 30
   assert summary['fit_s'] is None and len(summary['levels']) >= 3

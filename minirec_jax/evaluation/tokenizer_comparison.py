@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ml_collections
 
@@ -40,15 +40,6 @@ class Row:
   paired: list[compare.PairedDifference] | None
 
 
-def sft_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config.json an SFT run wrote into `workdir`."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise DataError('missing config.json (is this an SFT workdir?)', path=path)
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def tokenizer_summary(config: ml_collections.ConfigDict) -> dict:
   """The statistics of the SIDs an SFT config trained on (see Row.tokenizer)."""
   sids = config.sids
@@ -67,10 +58,12 @@ def tokenizer_summary(config: ml_collections.ConfigDict) -> dict:
   return {**stats['before'], 'method': sids.source, 'recon_error': None, 'fit_s': None}
 
 
-def compare_tokenizers(runs: dict[str, str], baseline: str, *, split: str = 'valid',
-                       ks: Sequence[int] = (10,)) -> list[Row]:
+def compare_tokenizers(runs: dict[str, str], baseline: str,
+                       read_config: Callable[[str], ml_collections.ConfigDict], *,
+                       split: str = 'valid', ks: Sequence[int] = (10,)) -> list[Row]:
   """`runs` name -> SFT workdir (each with predictions_<split>.jsonl), in table order;
-  `baseline` one of the names."""
+  `baseline` one of the names; `read_config` reads a workdir's config.json
+  (`loops.artifacts.workdir_config`, passed in: loops sit above this layer)."""
   if baseline not in runs:
     raise ValueError(f'baseline {baseline!r} is not one of the runs {list(runs)}')
   files = {name: compare.predictions_file(workdir, split) for name, workdir in runs.items()}
@@ -78,7 +71,7 @@ def compare_tokenizers(runs: dict[str, str], baseline: str, *, split: str = 'val
   for name, workdir in runs.items():
     paired = (None if name == baseline
               else compare.paired_differences(files[baseline], files[name], ks))
-    rows.append(Row(name, workdir, tokenizer_summary(sft_config(workdir)),
+    rows.append(Row(name, workdir, tokenizer_summary(read_config(workdir)),
                     compare.file_metrics(files[name], ks), paired))
   return rows
 

@@ -436,9 +436,9 @@ def report_splits(config: ml_collections.ConfigDict, workdir: str, s: SftSetup,
   """Beam-search evaluation of the splits of `eval.report_splits` (valid and test by default)
   by `config.eval` (the first `report_max_examples` rows; 0: all; valid's first
   `valid_report_max_examples` when that is >= 0, e.g. a slow model's selection prefix), each
-  split's predictions file written into
-  `workdir`; returns {split: metrics}. Also writes the SID groups
-  (`predictions.ITEM_GROUPS_FILE`), with which the files' SID-level metrics are recomputed.
+  split's predictions file written into `workdir`; returns {split: metrics}. Also writes the
+  SID groups (`predictions.ITEM_GROUPS_FILE`), with which the files' SID-level metrics are
+  recomputed.
   Each split's running sums are kept in `<workdir>/eval_<split>.partial.json` until it is done,
   so a killed run resumes its report where it stopped (an LLM's test split takes an hour)."""
   predictions.save_item_groups(os.path.join(workdir, predictions.ITEM_GROUPS_FILE),
