@@ -76,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 0      # 0: once per epoch
   config.train.trainable_layers = -1     # -1: train all; N >= 0: only a backbone's new SID
                                          # rows and its top N blocks (the rest frozen)
+  config.train.new_rows_lr_scale = 1.0   # a backbone's new SID rows train at this x optim.lr
 
   config.optim = optimizer_config(lr=1e-3, warmup_steps=100, final_fraction=0.1,
                                   weight_decay=0.1, b2=0.98, clip_norm=1.0)

@@ -154,3 +154,12 @@ def test_sft_refuses_to_select_on_test(tmp_path):
   with pytest.raises(ValueError, match='valid split only'):
     sft_loop.train_and_evaluate(config, str(tmp_path / 'sft'))
   assert not os.path.exists(tmp_path / 'sft')
+
+
+@pytest.mark.parametrize('field, value', [('trainable_layers', 2), ('new_rows_lr_scale', 10.0)])
+def test_backbone_only_options_are_refused_without_a_backbone(tmp_path, field, value):
+  config = load_config(os.path.join(REPO, 'configs', 'sft.py') + ':dataset=industrial,tiny')
+  config.train[field] = value
+  with pytest.raises(ValueError, match=f'train.{field}={value}'):
+    sft_loop.train_and_evaluate(config, str(tmp_path / 'sft'))
+  assert not os.path.exists(tmp_path / 'sft')

@@ -88,6 +88,32 @@ def test_frozen_backbone_trains_only_new_rows_and_top_blocks():
     vocab_extension.trainable_mask(CONFIG, new_from, top_layers=CONFIG.depth + 1)
 
 
+def test_new_rows_lr_scale_multiplies_only_the_new_rows_updates():
+  new_from, scale = 30, 8.0
+  step = jax.jit(sft.make_sft_step(sft.decoder_apply_fn(decoder_lib.Decoder(CONFIG))))
+  packed = _packed(np.random.default_rng(2))
+  packed['labels'][:] = new_from + 1
+  params = _params()
+  deltas = []
+  for tx in (optax.adam(1e-3),
+             optim.scale_updates(optax.adam(1e-3),
+                                 vocab_extension.new_row_lr_scales(CONFIG, new_from, scale))):
+    state = state_lib.TrainState.create(apply_fn=None, params=params, tx=tx)
+    state, _ = step(state, packed, jax.random.key(0))
+    deltas.append(jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), state.params, params))
+  plain, scaled = deltas
+  embed_plain, embed_scaled = (d['embed_tokens']['embedding'] for d in deltas)
+  assert np.abs(embed_plain[new_from:]).max() > 0
+  np.testing.assert_allclose(embed_scaled[new_from:], scale * embed_plain[new_from:],
+                             rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(embed_scaled[:new_from], embed_plain[:new_from], rtol=1e-5,
+                             atol=1e-8)
+  np.testing.assert_allclose(scaled['layers_0']['mlp']['up_proj']['kernel'],
+                             plain['layers_0']['mlp']['up_proj']['kernel'], rtol=1e-5, atol=1e-8)
+  with pytest.raises(ValueError, match='> 0'):
+    vocab_extension.new_row_lr_scales(CONFIG, new_from, 0.0)
+
+
 def _items():
   titles = [f'Item number {i}' for i in range(6)]
   sids = llm_tasks.sid_strings(np.array([[i % 2, i, 0] for i in range(6)]))

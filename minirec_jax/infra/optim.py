@@ -44,6 +44,12 @@ def from_config(cfg, total_steps: int) -> tuple[optax.GradientTransformation, op
   return tx, schedule
 
 
+def _multiply(factors) -> optax.GradientTransformation:
+  """Multiplies each update leaf by its leaf of `factors` (broadcast against it)."""
+  return optax.stateless(lambda updates, params=None: jax.tree.map(
+      lambda u, f: u * jnp.asarray(f, u.dtype), updates, factors))
+
+
 def freeze(tx: optax.GradientTransformation, mask) -> optax.GradientTransformation:
   """`tx` on the trainable part of the parameters only.
 
@@ -52,6 +58,13 @@ def freeze(tx: optax.GradientTransformation, mask) -> optax.GradientTransformati
   `tx`, so clipping and the moments see only trainable ones, and updates after it, so that
   weight decay does not move frozen values either.
   """
-  masked = optax.stateless(lambda updates, params=None: jax.tree.map(
-      lambda u, m: u * jnp.asarray(m, u.dtype), updates, mask))
-  return optax.chain(masked, tx, masked)
+  return optax.chain(_multiply(mask), tx, _multiply(mask))
+
+
+def scale_updates(tx: optax.GradientTransformation, scales) -> optax.GradientTransformation:
+  """`tx` with its updates multiplied by `scales` (a tree like `freeze`'s mask).
+
+  Scaling after `tx` makes each factor a learning-rate multiplier for its part of the
+  parameters (weight decay included); clipping and AdamW's moments see the raw gradients.
+  """
+  return optax.chain(tx, _multiply(scales))

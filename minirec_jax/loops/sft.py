@@ -13,7 +13,8 @@ Two policies share the loop, chosen by `config.model.backbone`:
   models/backbones.py) with its vocabulary extended by SID tokens (`vocab_extension`), trained
   on the text tasks of `config.llm` (`llm_tasks`: task mixture, wording, exact packing), logits
   at the response tokens only, optionally with all but the new token rows and the top
-  `train.trainable_layers` blocks frozen. Its recommender prompts with the next-SID prompt of
+  `train.trainable_layers` blocks frozen, and the new rows optionally at a larger learning rate
+  (`train.new_rows_lr_scale`). Its recommender prompts with the next-SID prompt of
   the same wording.
 """
 
@@ -243,14 +244,25 @@ def pack_splits(config: ml_collections.ConfigDict, s: SftSetup) -> tuple[
 
 def _optimizer(s: SftSetup, config, total_steps: int):
   tx, _ = optim.from_config(config.optim, total_steps)
+  top_layers, new_rows_scale = _backbone_options(config)
+  if new_rows_scale != 1.0:
+    tx = optim.scale_updates(tx, vocab_extension.new_row_lr_scales(
+        s.model_config, s.language_model.new_rows_from, new_rows_scale))
+  if top_layers >= 0:
+    tx = optim.freeze(tx, vocab_extension.trainable_mask(
+        s.model_config, s.language_model.new_rows_from, top_layers))
+  return tx
+
+
+def _backbone_options(config) -> tuple[int, float]:
+  """(train.trainable_layers, train.new_rows_lr_scale), refused without a backbone."""
   top_layers = config.train.get('trainable_layers', -1)
-  if top_layers < 0:
-    return tx
-  if s.language_model is None:
-    raise ValueError('train.trainable_layers >= 0 freezes a pretrained backbone; set '
-                     'model.backbone, or -1 to train every parameter')
-  return optim.freeze(tx, vocab_extension.trainable_mask(
-      s.model_config, s.language_model.new_rows_from, top_layers))
+  new_rows_scale = config.train.get('new_rows_lr_scale', 1.0)
+  if not config.model.get('backbone') and (top_layers >= 0 or new_rows_scale != 1.0):
+    raise ValueError(
+        f'train.trainable_layers={top_layers} / train.new_rows_lr_scale={new_rows_scale} act '
+        "on a pretrained backbone's new SID rows; set model.backbone, or leave them at -1 / 1.0")
+  return top_layers, new_rows_scale
 
 
 def _state_parts(s: SftSetup, config, total_steps: int):
@@ -355,6 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   run_lib.check_selection_split(config.eval.split)
   run_lib.reported_splits(config.eval)  # a bad value fails before training, not after
+  _backbone_options(config)
   run = run_lib.start(config, workdir)
   mesh = run.mesh
   s = setup(config)

@@ -15,7 +15,8 @@ Owns MiniOneRec's recipe for putting SIDs into a language model (reference §4.1
 * `sid_token_map`: the `SidTokenMap` of a tokenizer with SID tokens (one extended here, or an
   official checkpoint's), its terminator the '\\n' and eos that close a generated SID;
 * `extend`: all of it, from a loaded checkpoint (models/checkpoints.py) and its tokenizer;
-* `trainable_mask`: the new rows and the top blocks, for training with the rest frozen.
+* `trainable_mask`: the new rows and the top blocks, for training with the rest frozen;
+* `new_row_lr_scales`: a larger learning rate for the new rows than for the pretrained body.
 Parameters come back as numpy arrays, as the checkpoint readers return them.
 """
 
@@ -169,6 +170,23 @@ def extend(tokenizer: TextTokenizer, config: decoder_lib.DecoderConfig, params: 
                   sid_token_map(tokenizer, num_levels, codebook_size, end_text=end_text))
 
 
+def _row_tree(config: decoder_lib.DecoderConfig, rows: np.ndarray,
+              other: Any) -> dict[str, Any]:
+  """A tree like the params: `rows` ([vocab] per token row) as a `[rows, 1]` column on the
+  embedding and a `[1, rows]` row on an untied head; `other(top_level_name)` elsewhere."""
+  rows = rows.astype(np.float32)
+
+  def leaf(path, _):
+    top = path[0].key
+    if top == 'embed_tokens':
+      return rows[:, None]
+    if top == 'lm_head':
+      return rows[None, :]
+    return np.float32(other(top))
+
+  return jax.tree_util.tree_map_with_path(leaf, decoder_lib.abstract_params(config))
+
+
 def trainable_mask(config: decoder_lib.DecoderConfig, new_from: int,
                    top_layers: int) -> dict[str, Any]:
   """Which parameters train when the pretrained body is frozen (`optim.freeze`'s mask).
@@ -184,18 +202,26 @@ def trainable_mask(config: decoder_lib.DecoderConfig, new_from: int,
   """
   if not 0 <= top_layers <= config.depth:
     raise ValueError(f'top_layers must lie in [0, {config.depth}], got {top_layers}')
-  rows = (np.arange(config.vocab_size) >= new_from).astype(np.float32)
-  shapes = decoder_lib.abstract_params(config)
   first_trained = config.depth - top_layers
 
-  def leaf_mask(path, _):
-    top = path[0].key
-    if top == 'embed_tokens':
-      return rows[:, None]
-    if top == 'lm_head':
-      return rows[None, :]
+  def block_or_norm(top):
     if top.startswith('layers_'):
-      return np.float32(int(top.split('_')[1]) >= first_trained)
-    return np.float32(top_layers > 0)  # the final norm
+      return int(top.split('_')[1]) >= first_trained
+    return top_layers > 0  # the final norm
 
-  return jax.tree_util.tree_map_with_path(leaf_mask, shapes)
+  return _row_tree(config, np.arange(config.vocab_size) >= new_from, block_or_norm)
+
+
+def new_row_lr_scales(config: decoder_lib.DecoderConfig, new_from: int,
+                      scale: float) -> dict[str, Any]:
+  """`optim.scale_updates`' tree: `scale` on the new token rows (>= `new_from`), 1 elsewhere.
+
+  New rows start at the mean row (all equal), while a pretrained row differs from it by about
+  the embedding's element std per element; AdamW moves an element by about lr per step, so at a
+  fine-tuning lr and a CPU-sized step budget the new rows hardly separate. A larger step for
+  them alone leaves the pretrained body at its fine-tuning lr.
+  """
+  if not scale > 0:
+    raise ValueError(f'the new rows\' lr scale must be > 0, got {scale}')
+  rows = np.where(np.arange(config.vocab_size) >= new_from, scale, 1.0)
+  return _row_tree(config, rows, lambda top: 1.0)
