@@ -244,7 +244,7 @@ def pack_splits(config: ml_collections.ConfigDict, s: SftSetup) -> tuple[
 
 def _optimizer(s: SftSetup, config, total_steps: int):
   tx, _ = optim.from_config(config.optim, total_steps)
-  top_layers, new_rows_scale = _backbone_options(config)
+  top_layers, new_rows_scale = _backbone_options(config, s.language_model is not None)
   if new_rows_scale != 1.0:
     tx = optim.scale_updates(tx, vocab_extension.new_row_lr_scales(
         s.model_config, s.language_model.new_rows_from, new_rows_scale))
@@ -254,11 +254,11 @@ def _optimizer(s: SftSetup, config, total_steps: int):
   return tx
 
 
-def _backbone_options(config) -> tuple[int, float]:
+def _backbone_options(config, has_backbone: bool) -> tuple[int, float]:
   """(train.trainable_layers, train.new_rows_lr_scale), refused without a backbone."""
   top_layers = config.train.get('trainable_layers', -1)
   new_rows_scale = config.train.get('new_rows_lr_scale', 1.0)
-  if not config.model.get('backbone') and (top_layers >= 0 or new_rows_scale != 1.0):
+  if not has_backbone and (top_layers >= 0 or new_rows_scale != 1.0):
     raise ValueError(
         f'train.trainable_layers={top_layers} / train.new_rows_lr_scale={new_rows_scale} act '
         "on a pretrained backbone's new SID rows; set model.backbone, or leave them at -1 / 1.0")
@@ -367,7 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   run_lib.check_selection_split(config.eval.split)
   run_lib.reported_splits(config.eval)  # a bad value fails before training, not after
-  _backbone_options(config)
+  _backbone_options(config, bool(config.model.backbone))
   run = run_lib.start(config, workdir)
   mesh = run.mesh
   s = setup(config)
