@@ -67,6 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.llm.noise_scale = 0.0           # std of noise on the new SID rows (0: the exact mean)
   config.llm.catalogue_tokens_only = False  # add only the SID codes the catalogue uses
   config.llm.category_phrase = ''        # official title-history prompts ('': the dataset's)
+  config.llm.sid_softmax = False         # True: the head scores only the SID and terminator
+                                         # rows (training, decoding, GRPO); SID-answer tasks only
 
   config.train = ml_collections.ConfigDict()
   config.train.seq_len = 128             # packed sequence length in tokens

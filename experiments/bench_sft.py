@@ -2,7 +2,7 @@
 
   python experiments/bench_sft.py [--variants=S,M] [--steps=20] [--output=docs/bench/sft.json]
   python experiments/bench_sft.py --variants= --backbones=smollm2-135m \
-      [--output=docs/bench/sft_llm.json]
+      [--sid_softmax=false,true] [--output=docs/bench/sft_llm.json]
 
 `--variants` are our decoders from scratch, `--backbones` pretrained language models with SID
 tokens (configs/sft.py:backbone=..., its default short next-SID template and batch). The peak
@@ -10,7 +10,8 @@ is measured in the same run: the best of several large float32 matmuls (jitted j
 FLOPs each) on this machine. MFU = achieved model FLOPs / that peak, where the model FLOPs of a
 step are train_flops_per_token x tokens in the step (every slot of the packed batch, padding
 included, since it is computed), except that a language model's LM head runs only at its
-target positions and is counted there only.
+target positions and is counted there only (and over the SID and terminator rows only with
+`--sid_softmax=true`, `llm.sid_softmax`: the speed of that head against the full one).
 """
 
 import json
@@ -34,6 +35,8 @@ from minirec_jax.training import sft
 _VARIANTS = flags.DEFINE_list('variants', ['S', 'M'], 'Model variants to time.')
 _BACKBONES = flags.DEFINE_list('backbones', [], 'Pretrained backbones to time (configs/sft.py '
                                'backbone=...).')
+_SID_SOFTMAX = flags.DEFINE_list('sid_softmax', ['false'], 'For each backbone, time these '
+                                 'llm.sid_softmax settings (false: full-vocabulary head).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per variant (after 3 warm-up steps).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON output path.')
 
@@ -52,8 +55,9 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 / best
 
 
-def time_config(name: str, config_arg: str, steps: int) -> dict:
+def time_config(name: str, config_arg: str, steps: int, sid_softmax: bool = False) -> dict:
   config = load_config(f'configs/sft.py:dataset=industrial,{config_arg}')
+  config.llm.sid_softmax = sid_softmax
   s = sft_loop.setup(config)
   train, _ = sft_loop.pack_splits(config, s)
   mesh = parallel.make_mesh()
@@ -96,10 +100,15 @@ def main(argv):
   del argv
   peak = matmul_peak_flops()
   rows = []
-  runs = [(v, f'variant={v}') for v in _VARIANTS.value]
-  runs += [(b, f'backbone={b}') for b in _BACKBONES.value]
-  for variant, config_arg in runs:
-    row = time_config(variant, config_arg, _STEPS.value)
+  runs = [(v, f'variant={v}', False) for v in _VARIANTS.value]
+  for b in _BACKBONES.value:
+    for setting in _SID_SOFTMAX.value:
+      if setting not in ('false', 'true'):
+        raise app.UsageError(f'--sid_softmax takes false and/or true, got {setting!r}')
+      on = setting == 'true'
+      runs.append((f'{b}, sid_softmax' if on else b, f'backbone={b}', on))
+  for variant, config_arg, sid_softmax in runs:
+    row = time_config(variant, config_arg, _STEPS.value, sid_softmax)
     row['mfu'] = row['model_flops_per_s'] / peak
     rows.append(row)
     print(f"{variant}: width {row['width']}, {row['params']:,} params, "

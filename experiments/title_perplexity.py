@@ -22,6 +22,7 @@ is scored given only that separator. Empty titles are skipped. Prints a table an
 --output (JSON, with the machine record).
 """
 
+import dataclasses
 import sys
 import time
 
@@ -51,7 +52,9 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON path for the record
 
 
 def _score(name: str, model_config, params, tokenizer, titles: list[str]) -> dict:
-  """One model's likelihood of `titles`, each encoded after the eos separator."""
+  """One model's likelihood of `titles`, each encoded after the eos separator, over the whole
+  vocabulary (a head restricted to SID rows by `llm.sid_softmax` scores text too)."""
+  model_config = dataclasses.replace(model_config, output_rows=())
   if tokenizer.eos_id is None:
     raise DataError(f'tokenizer {tokenizer.source} has no eos token to separate the titles')
   ids = [tokenizer.encode(t, add_special_tokens=False) for t in titles]

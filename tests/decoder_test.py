@@ -1,5 +1,6 @@
 """The Qwen2-architecture decoder: an independent numpy HF reference, masks, KV cache, counts."""
 
+import dataclasses
 import functools
 
 import jax
@@ -274,6 +275,44 @@ def test_shared_prefix_cache_matches_a_repeated_prompt_cache():
     got, shared = decoder_lib.decode_step(config, params, shared, fed, pos)
     want, plain = decoder_lib.decode_step(config, params, plain, fed, pos)
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('tie', [True, False])
+def test_output_rows_score_only_those_rows_and_renormalise_over_them(tie):
+  config, params, apply, tokens, positions, mask = _setup(tie_embeddings=tie)
+  rows = (2, 5, 6, 17, 49)
+  restricted = dataclasses.replace(config, output_rows=rows)
+  # Same parameters: restricting the head adds or drops none.
+  init = lambda c: jax.tree.map(np.shape, decoder_lib.abstract_params(c))
+  assert init(restricted) == init(config)
+  full = apply(params, tokens, positions, mask)
+  got = _apply_fn(restricted)(params, tokens, positions, mask)
+  others = np.setdiff1d(np.arange(VOCAB), rows)
+  np.testing.assert_allclose(got[..., rows], full[..., rows], atol=1e-5, rtol=1e-5)
+  assert np.all(np.asarray(got)[..., others] == decoder_lib.UNSCORED_LOGIT)
+  np.testing.assert_allclose(jax.nn.log_softmax(got)[..., rows],
+                             jax.nn.log_softmax(full[..., rows]), atol=1e-5, rtol=1e-5)
+  # At head positions and in cached decoding too.
+  at = jnp.array([[1, 4], [0, 9], [3, 3]])
+  picked = decoder_lib.Decoder(restricted).apply({'params': params}, tokens, positions, mask,
+                                                 head_positions=at)
+  np.testing.assert_allclose(picked, jnp.take_along_axis(got, at[..., None], 1), atol=1e-5)
+  first, cache = _prefill(restricted, params, tokens[:, :4], positions[:, :4],
+                          jnp.ones((3, 4), bool), SEQ)
+  np.testing.assert_allclose(first, got[:, 3], atol=1e-5)
+  step, _ = decoder_lib.decode_step(restricted, params, cache, tokens[:, 4], positions[:, 4])
+  np.testing.assert_allclose(step, got[:, 4], atol=1e-5)
+  # The head's FLOPs are those of the scored rows.
+  flops = decoder_lib.flops_per_token(restricted, 16)
+  assert flops['train_head_flops_per_token'] == 6 * config.width * len(rows)
+  assert (decoder_lib.flops_per_token(config, 16)['forward_flops_per_token']
+          - flops['forward_flops_per_token'] == 2 * config.width * (VOCAB - len(rows)))
+
+
+def test_output_rows_must_be_sorted_unique_vocabulary_ids():
+  for rows in ((3, 2), (2, 2), (-1, 4), (4, VOCAB)):
+    with pytest.raises(ValueError, match='output_rows must be sorted unique ids'):
+      _config(output_rows=rows)
 
 
 def test_reorder_cache_gathers_rows():

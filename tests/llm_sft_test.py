@@ -200,6 +200,39 @@ def test_random_init_keeps_the_architecture_and_drops_the_weights(finished_llm_p
     sft_loop.setup(config)
 
 
+def test_sid_softmax_scores_only_sid_answers_in_training_and_decoding(finished_llm_pipeline):
+  _, workdir, _ = finished_llm_pipeline
+  config = artifacts.workdir_config(os.path.join(workdir, 'sft'))
+  config.llm.sid_softmax = True
+  s = sft_loop.setup(config)
+  token_map = s.recommender.token_map
+  rows = s.model_config.output_rows
+  assert rows == token_map.generated_ids() and set(token_map.terminator) <= set(rows)
+  assert len(rows) == token_map.table.size + len(token_map.terminator)
+  train, _ = sft_loop.pack_splits(config, s)
+  batch = {k: v[:2] for k, v in train.items()}
+  # The loss is the cross-entropy of the full model's logits renormalised over the SID rows.
+  params = s.language_model.params
+  restricted = sft.make_sft_eval_step(sft.decoder_apply_fn(s.model))(params, batch)
+  full_model = decoder_lib.Decoder(dataclasses.replace(s.model_config, output_rows=()))
+  logits = full_model.apply({'params': params}, batch['tokens'], batch['positions'],
+                            sft.segment_causal_mask(batch['segment_ids']),
+                            head_positions=batch['target_positions'])
+  index = np.searchsorted(rows, batch['target_labels'])
+  log_probs = jax.nn.log_softmax(logits[..., np.asarray(rows)])
+  want = -(np.take_along_axis(np.asarray(log_probs), index[..., None], -1)[..., 0]
+           * batch['target_weights']).sum()
+  np.testing.assert_allclose(restricted['loss_sum'], want, rtol=1e-5)
+  full = sft.make_sft_eval_step(sft.decoder_apply_fn(full_model))(params, batch)
+  assert restricted['loss_sum'] < full['loss_sum'] - 1e-3
+  items, _ = s.recommender.recommend(params, np.array([[0, 1, 2]]), np.array([3]), k=5)
+  assert items.shape == (1, 5) and (items >= 0).all()
+  # Title answers need the whole vocabulary: refused, naming the task.
+  config.llm.tasks.sid_history_title = 1.0
+  with pytest.raises(Exception, match=r"outside the \d+ scored rows \(tasks \['sid_history_title'\]"):
+    sft_loop.pack_splits(config, s)
+
+
 def test_official_evaluation_prompt_has_its_own_body(tmp_path):
   folder = tiny_llm.write_tiny_llama(str(tmp_path / 'llama'))
   tokenizer = vocab_extension.add_sid_tokens(TextTokenizer.from_hf_directory(folder), 3, 6)

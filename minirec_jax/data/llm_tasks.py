@@ -527,6 +527,21 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: TextTokenizer,
   return cut
 
 
+def check_targets_within(tokenized: TokenizedExamples, rows: Sequence[int], what: str) -> None:
+  """Raises DataError when a supervised token is not among `rows` (e.g. a title answer under a
+  head that scores SID rows only), naming the first such example, its task and the token."""
+  outside = tokenized.supervised & ~np.isin(tokenized.tokens, np.asarray(rows))
+  if outside.any():
+    where = np.flatnonzero(outside)
+    example = np.searchsorted(tokenized.offsets, where, side='right') - 1
+    i = int(example[0])
+    tasks = sorted({tokenized.tasks[j] for j in np.unique(example)})
+    raise DataError(f'{what}: {int(outside.sum())} supervised tokens lie outside the '
+                    f'{len(rows)} scored rows (tasks {tasks}; first: example {i}, task '
+                    f'{tokenized.tasks[i]}); such targets need the full vocabulary',
+                    field='token_id', value=int(tokenized.tokens[where[0]]))
+
+
 def token_counts(tokenized: TokenizedExamples) -> dict[str, dict[str, int]]:
   """Per task and for the whole epoch ('epoch'): examples, tokens, response tokens (the
   supervised ones, eos included), truncated examples and tokens cut."""

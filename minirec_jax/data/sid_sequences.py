@@ -77,6 +77,12 @@ class SidTokenMap:
     """The largest token id of the map (SID tokens and terminator); needs a concrete table."""
     return max((int(np.max(self.table)),) + self.terminator)
 
+  def generated_ids(self) -> tuple[int, ...]:
+    """Every token id a SID answer is made of (the SID tokens and the terminator), sorted: the
+    rows a head restricted to SID answers scores (`DecoderConfig.output_rows`)."""
+    table = np.asarray(self.table)
+    return tuple(sorted(set(table[table >= 0].tolist()) | set(self.terminator)))
+
   def item_tokens(self, codes: np.ndarray) -> np.ndarray:
     """Codes `[n, L]` -> token ids int32 `[n, L]`; every code must have a token."""
     codes = np.asarray(codes)

@@ -165,9 +165,13 @@ def _language_model_setup(config, dataset, sids, popularity) -> SftSetup:
       seed=config.seed)
   table = np.asarray(extended.token_map.table)
   params = extended.params
+  model_config = extended.config
+  if llm.get('sid_softmax', False):
+    model_config = dataclasses.replace(model_config,
+                                       output_rows=extended.token_map.generated_ids())
   if config.model.get('init', 'pretrained') == 'random':  # the architecture alone (a control)
     tokens = jnp.zeros((1, 1), jnp.int32)
-    params = jax.device_get(decoder_lib.Decoder(extended.config).init(
+    params = jax.device_get(decoder_lib.Decoder(model_config).init(
         jax.random.key(config.seed), tokens, tokens)['params'])
   elif config.model.get('init', 'pretrained') != 'pretrained':
     raise ValueError(f"model.init must be 'pretrained' or 'random', got {config.model.init!r}")
@@ -175,11 +179,11 @@ def _language_model_setup(config, dataset, sids, popularity) -> SftSetup:
   prompts = llm_tasks.NextSidPrompts(items, extended.tokenizer,
                                      llm.get('eval_wording') or llm.wording,
                                      config.data.max_history)
-  recommender = generative.Recommender(extended.config, sids, config.data.max_history,
+  recommender = generative.Recommender(model_config, sids, config.data.max_history,
                                        popularity, token_map=extended.token_map,
                                        prompt_fn=prompts)
   return SftSetup(dataset=dataset, sids=sids, vocab=None,
-                  model=decoder_lib.Decoder(extended.config), model_config=extended.config,
+                  model=decoder_lib.Decoder(model_config), model_config=model_config,
                   recommender=recommender,
                   language_model=LanguageModel(extended.tokenizer, params,
                                                int(table[table >= 0].min()), items))
@@ -200,6 +204,9 @@ def _task_arrays(config, s: SftSetup, rows: list[dict], mixture: llm_tasks.TaskM
   examples = llm_tasks.mixture_examples(rows, lm.items, mixture, phrase=_category_phrase(config),
                                         where=where)
   tokenized = llm_tasks.tokenize_examples(examples, lm.tokenizer, config.llm.cutoff_len or None)
+  if s.model_config.output_rows:
+    llm_tasks.check_targets_within(tokenized, s.model_config.output_rows,
+                                   f'{where} with llm.sid_softmax')
   packed, stats = llm_tasks.pack_examples(tokenized, config.train.seq_len)
   counts = llm_tasks.token_counts(tokenized)
   logging.info('%s: %s; packed %s', where, counts['epoch'], stats)

@@ -8,6 +8,9 @@ layers_i/self_attn/{q,k,v,o}_proj, mlp/{gate,up,down}_proj, input_layernorm,
 post_attention_layernorm, norm, lm_head), so hf_convert.py loads a pretrained checkpoint of the
 family without touching the module. Parameters are float32; `dtype` sets the compute dtype;
 logits are always float32. The attention kernels themselves are in attention.py.
+`output_rows` restricts the head to some vocabulary rows (e.g. a language model's SID and
+terminator tokens): only those rows are scored, the others get `UNSCORED_LOGIT`, so every
+softmax over the output renormalises over those rows at a fraction of the head's cost.
 
 Two call paths share the same weights:
 * training / scoring: `Decoder(config).apply({'params': p}, tokens, positions, mask)` with any
@@ -43,6 +46,9 @@ from minirec_jax.models import moe
 Params = dict[str, Any]
 _INIT = nn.initializers.normal(0.02)
 _COMPUTE_DTYPES = ('float32', 'bfloat16')
+# The logit of a row `output_rows` leaves out: finite, so that log-softmax outputs, sums of them
+# and p * log p (= 0) stay finite, and low enough that exp() of it underflows to 0.
+UNSCORED_LOGIT = -1e9
 
 def check_dtype_and_head_dim(config) -> None:
   """Shared by the model configs' checks: a known compute dtype, and head_dim 0 resolved to
@@ -83,6 +89,9 @@ class DecoderConfig:
     moe_capacity_factor: 0 routes without dropping tokens; f > 0 caps each expert at
       ceil(f * k * seq / E) tokens per row in training/scoring calls (cached decoding calls
       never drop tokens).
+    output_rows: sorted vocabulary ids the LM head scores; () scores all. The others' logits
+      are UNSCORED_LOGIT: the model's distribution is a softmax over these rows only (e.g. SID
+      tokens and the terminator for SID-only targets: 770 of SmolLM2's 49,920 rows).
   """
 
   vocab_size: int
@@ -102,6 +111,7 @@ class DecoderConfig:
   experts_per_token: int = 2
   moe_aux_weight: float = 0.01
   moe_capacity_factor: float = 0.0
+  output_rows: tuple[int, ...] = ()
 
   def __post_init__(self):
     for name in ('vocab_size', 'width', 'depth', 'num_heads', 'num_kv_heads', 'mlp_dim',
@@ -120,6 +130,11 @@ class DecoderConfig:
     if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
       raise ValueError(f'DecoderConfig.experts_per_token must be in [1, num_experts='
                        f'{self.num_experts}], got {self.experts_per_token}')
+    rows = self.output_rows
+    if rows and (list(rows) != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= self.vocab_size):
+      raise ValueError(f'DecoderConfig.output_rows must be sorted unique ids in [0, vocab_size='
+                       f'{self.vocab_size}), got {len(rows)} ids from {min(rows)} to '
+                       f'{max(rows)}')
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -312,6 +327,17 @@ class Block(nn.Module):
     return x + mlp(h, jnp.any(mask, axis=-1)), cache
 
 
+class HeadKernel(nn.Module):
+  """An untied LM head's kernel `[width, vocab]`, with nn.Dense's parameter name and init (so
+  HF's lm_head maps onto it), returned rather than applied: the head may score some rows only."""
+
+  shape: tuple[int, int]
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    return self.param('kernel', _INIT, self.shape, jnp.float32)
+
+
 class Decoder(nn.Module):
   """Decoder-only LM.
 
@@ -357,12 +383,16 @@ class Decoder(nn.Module):
       x = jnp.take_along_axis(x, head_positions[..., None], axis=1)
     # The final norm and the LM head run in float32 whatever the compute dtype.
     x = RMSNorm(c.rms_eps, name='norm')(x.astype(jnp.float32))
-    if c.tie_embeddings:
-      logits = layers.on_rows(embed.attend, x)
+    # [vocab, width]: one row per output token.
+    head = embed.embedding if c.tie_embeddings else HeadKernel(
+        (c.width, c.vocab_size), name='lm_head')().T
+    if c.output_rows:
+      rows = np.asarray(c.output_rows, np.int32)
+      scored = layers.on_rows(lambda h: h @ head[rows].T, x)
+      logits = jnp.full((*x.shape[:-1], c.vocab_size), UNSCORED_LOGIT,
+                        jnp.float32).at[..., rows].set(scored)
     else:
-      logits = layers.on_rows(nn.Dense(c.vocab_size, use_bias=False, dtype=jnp.float32,
-                              kernel_init=_INIT, name='lm_head'), x)
-    logits = logits.astype(jnp.float32)
+      logits = layers.on_rows(lambda h: h @ head.T, x)
     if cache is None:
       return logits
     return logits, cache.replace(k=jnp.stack(new_k), v=jnp.stack(new_v), index=cache.index + s)
@@ -513,7 +543,7 @@ def flops_per_token(config: DecoderConfig, seq_len: int) -> dict[str, int]:
 
   forward = 2 * (depth * (width * head_dim * (2 * heads + 2 * kv_heads)   # q, k, v, o
                           + 3 * width * mlp_dim)                           # gate, up, down
-                 + width * vocab)                                          # LM head
+                 + width * vocab)              # LM head (vocab = len(output_rows) if set)
             + 2 * 2 * depth * seq_len * heads * head_dim   # scores q.k and probs.v
   The attention term counts all seq_len keys per query, like PaLM's appendix-B formula (the
   `causal=True` path computes only about 3/4 of them at 2 query blocks, so MFU measured with it
@@ -537,7 +567,8 @@ def flops_per_token(config: DecoderConfig, seq_len: int) -> dict[str, int]:
   mlp = 3 * c.width * c.mlp_dim
   if c.num_experts:
     mlp = c.width * c.num_experts + c.experts_per_token * mlp
-  forward = 2 * (c.depth * (attn + mlp) + c.width * c.vocab_size)
+  head_rows = len(c.output_rows) or c.vocab_size
+  forward = 2 * (c.depth * (attn + mlp) + c.width * head_rows)
   forward += 4 * c.depth * seq_len * c.num_heads * c.head_dim
   return {'forward_flops_per_token': forward, 'train_flops_per_token': 3 * forward,
-          'train_head_flops_per_token': 3 * 2 * c.width * c.vocab_size}
+          'train_head_flops_per_token': 3 * 2 * c.width * head_rows}
