@@ -50,6 +50,7 @@ _COMPUTE_DTYPES = ('float32', 'bfloat16')
 # and p * log p (= 0) stay finite, and low enough that exp() of it underflows to 0.
 UNSCORED_LOGIT = -1e9
 
+
 def check_dtype_and_head_dim(config) -> None:
   """Shared by the model configs' checks: a known compute dtype, and head_dim 0 resolved to
   width // num_heads (set on the frozen dataclass `config`)."""
