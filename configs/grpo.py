@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.ckpt = ml_collections.ConfigDict()
   config.ckpt.keep = 2
+  config.ckpt.every_steps = 0            # > 0: also save `latest` every N steps (resume)
   config.log = ml_collections.ConfigDict()
   config.log.every_steps = 5
   config.log.tensorboard = False

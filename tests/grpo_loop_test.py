@@ -11,6 +11,7 @@ from minirec_jax.evaluation import predictions
 from minirec_jax.infra.config_utils import load_config
 from minirec_jax.loops import artifacts
 from minirec_jax.loops import grpo as grpo_loop
+from minirec_jax.loops import run as run_lib
 from minirec_jax.loops import sft as sft_loop
 from minirec_jax.testing import write_synthetic_layout
 
@@ -33,24 +34,78 @@ def sft_workdir(tmp_path_factory):
   return workdir
 
 
-def test_grpo_runs_from_sft_and_reports_the_last_step(sft_workdir, tmp_path):
+def _last_step_config(sft_workdir):
+  """Tiny GRPO reporting its last step, saving `latest` every step between its valid checks
+  (steps 0 and 4 only)."""
   config = load_config(os.path.join(REPO, 'configs', 'grpo.py') + ':tiny')
   config.init_from = sft_workdir
   config.eval.report = 'last'
   config.grpo.sft_weight = 0.1
-  results = grpo_loop.train_and_evaluate(config, str(tmp_path))
-  assert results['report_step'] == config.train.steps
+  config.train.eval_every_steps = config.train.steps
+  config.ckpt.every_steps = 1
+  config.mesh.num_devices = 1
+  return config
+
+
+@pytest.fixture(scope='module')
+def last_step_run(sft_workdir, tmp_path_factory):
+  """(workdir, results) of an uninterrupted `_last_step_config` run."""
+  workdir = str(tmp_path_factory.mktemp('grpo_last'))
+  return workdir, grpo_loop.train_and_evaluate(_last_step_config(sft_workdir), workdir)
+
+
+def _train_rows(workdir):
+  """metrics.jsonl's train rows as (step, metrics without timings), in file order."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [r for r in map(json.loads, f) if 'train/zero_advantage_groups' in r]
+  return [(r['step'], {k: v for k, v in r.items() if k.startswith('train/')
+                       and not k.endswith('_s')}) for r in rows]
+
+
+def test_grpo_runs_from_sft_and_reports_the_last_step(sft_workdir, last_step_run):
+  workdir, results = last_step_run
+  assert results['report_step'] == _last_step_config(sft_workdir).train.steps
   # The reported metrics are those of the predictions file, at both levels.
-  groups = predictions.load_item_groups(tmp_path / predictions.ITEM_GROUPS_FILE)
-  recomputed = predictions.file_metrics(tmp_path / 'predictions_test.jsonl', (1, 5, 10),
-                                        item_to_group=groups)
+  groups = predictions.load_item_groups(os.path.join(workdir, predictions.ITEM_GROUPS_FILE))
+  recomputed = predictions.file_metrics(os.path.join(workdir, 'predictions_test.jsonl'),
+                                        (1, 5, 10), item_to_group=groups)
   assert recomputed.samples == results['test']['examples']
   for key in ('hr@10', 'ndcg@10', 'sid_hr@10', 'sid_ndcg@10'):
     assert recomputed.metrics[key] == pytest.approx(results['test'][key], abs=1e-12)
-  with open(tmp_path / 'metrics.jsonl') as f:
-    train_rows = [r for r in map(json.loads, f) if 'train/zero_advantage_groups' in r]
-  assert len(train_rows) == config.train.steps
-  assert all('train/target_nll' in r and r['train/rollout_s'] > 0 for r in train_rows)
+  rows = _train_rows(workdir)
+  assert [step for step, _ in rows] == [1, 2, 3, 4]
+  assert all('train/target_nll' in r for _, r in rows)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    assert all(r['train/rollout_s'] > 0 for r in map(json.loads, f) if 'train/rollout_s' in r)
+
+
+def test_a_crashed_run_resumes_to_the_uninterrupted_results(sft_workdir, last_step_run, tmp_path,
+                                                          monkeypatch):
+  reference, expected = last_step_run
+  opened = []
+  real_checkpoints = run_lib.Run.checkpoints
+  monkeypatch.setattr(run_lib.Run, 'checkpoints', lambda self, *args: opened.append(
+      real_checkpoints(self, *args)) or opened[-1])
+  real_rollout = grpo_loop.rollout_lib.rollout
+  calls = []
+
+  def crash_at_step_3(*args, **kwargs):
+    calls.append(None)
+    if len(calls) == 3:
+      raise RuntimeError('host lost')
+    return real_rollout(*args, **kwargs)
+
+  monkeypatch.setattr(grpo_loop.rollout_lib, 'rollout', crash_at_step_3)
+  crashed = str(tmp_path / 'crashed')
+  with pytest.raises(RuntimeError, match='host lost'):
+    grpo_loop.train_and_evaluate(_last_step_config(sft_workdir), crashed)
+  opened[0].close()  # the step-2 save lands, as a killed process's finished save would
+  assert opened[0].latest_step() == 2 and not os.path.exists(os.path.join(crashed, 'results.json'))
+  monkeypatch.setattr(grpo_loop.rollout_lib, 'rollout', real_rollout)
+  resumed = grpo_loop.train_and_evaluate(_last_step_config(sft_workdir), crashed)
+  assert resumed['valid'] == expected['valid'] and resumed['test'] == expected['test']
+  # Steps 1-2 logged before the crash, 3-4 after it: resumed at step 2, not started again.
+  assert _train_rows(crashed) == _train_rows(reference)
 
 
 def test_unknown_report_mode_fails_before_training(sft_workdir, tmp_path):

@@ -191,7 +191,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step % config.log.every_steps == 0:
       run.writer.write(step, {**metrics, 'rollout_s': t1 - t0, 'update_s': t2 - t1},
                        prefix='train/')
-    if step % config.train.eval_every_steps == 0 or step == config.train.steps:
+    evaluates = step % config.train.eval_every_steps == 0 or step == config.train.steps
+    if config.ckpt.get('every_steps', 0) and step % config.ckpt.every_steps == 0 and not evaluates:
+      # A resumable point between valid checks (a language-model policy takes minutes a step).
+      ckpts.save(step, artifacts.grpo_tree(state, ref_params), data_state=data_iter.get_state())
+    if evaluates:
       valid = valid_metrics(state.params)
       run.writer.write(step, valid, prefix='valid/')
       ckpts.save(step, artifacts.grpo_tree(state, ref_params), data_state=data_iter.get_state(),
