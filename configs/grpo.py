@@ -1,6 +1,7 @@
 """GRPO from an SFT workdir: `--config configs/grpo.py --config.init_from=workdirs/sft_x`.
 
-Arguments: tiny (a seconds-long smoke config), rollout ('beam' | 'sample' | 'dynamic').
+Arguments: tiny (a seconds-long smoke config), rollout ('beam' | 'sample' | 'dynamic'), llm (a
+language-model policy, e.g. SmolLM2-135M, at CPU cost: see below).
 Defaults: the recipe chosen on valid (docs/RESULTS.md, "GRPO levers"): the official setup (G=16
 beam rollouts, rule + rank rewards, k3 KL with beta 1e-3, unbiased group std + 1e-4, one
 update per rollout, cosine schedule with warmup, clip-norm 0.3) plus the collaborative reward
@@ -15,7 +16,7 @@ from minirec_jax.infra.config_utils import optimizer_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg, tiny=False, rollout='beam')
+  args = parse_arg(arg, tiny=False, rollout='beam', llm=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.init_from = ''                 # SFT workdir (its best checkpoint and config)
@@ -79,6 +80,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = 0
 
+  if args['llm']:
+    # About 34x model S's cost per token: 8 prompts (x 16 candidates) a step, valid checks on a
+    # 500-row prefix every 25 steps, beam-50 evaluation 16 users at a time, `latest` every 5.
+    config.train.prompts_per_step = 8
+    config.train.eval_every_steps = 25
+    config.eval.max_examples = 500
+    config.eval.batch_size = 16
+    config.ckpt.every_steps = 5
+    config.log.every_steps = 1
   if args['tiny']:
     config.grpo.rewards.collab = 0.0    # no SASRec workdir in a smoke run
     config.grpo.group_size = 4
