@@ -17,8 +17,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data = data_config(args['dataset'])
+  # source: 'minilm' | 'mpnet' (packaged sentence encoders) | 'npy' (path) | a language-model
+  # backbone ('smollm2-135m', 'gguf:<file>', 'hf:<folder>'): its mean-pooled last hidden states.
   config.embeddings = ml_collections.ConfigDict(
-      {'source': 'minilm', 'path': '', 'cache_dir': ''})  # source: 'minilm' | 'mpnet' | 'npy'
+      {'source': 'minilm', 'path': '', 'cache_dir': ''})
   config.method = args['method']
   config.num_levels = 3
   config.codebook_size = 256

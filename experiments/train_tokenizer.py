@@ -13,6 +13,7 @@ from ml_collections import config_flags
 from minirec_jax.infra import console
 from minirec_jax.infra import host_memory
 from minirec_jax.loops import artifacts
+from minirec_jax.models import lm_embeddings
 from minirec_jax.semantic_ids import report as report_lib
 from minirec_jax.semantic_ids import stage
 
@@ -26,7 +27,8 @@ def main(argv):
   console.setup(_WORKDIR.value)
   del argv
   print(report_lib.report_markdown(stage.run(
-      _CONFIG.value, _WORKDIR.value, load_table=artifacts.sasrec_item_embeddings)))
+      _CONFIG.value, _WORKDIR.value, load_table=artifacts.sasrec_item_embeddings,
+      load_encoder=lm_embeddings.MeanPoolEncoder)))
 
 
 if __name__ == '__main__':

@@ -68,7 +68,7 @@ class _FakeEncoder:
   """Token ids = one per word; embedding row = [number of tokens, first id, 0, ...]."""
 
   name = 'fake'
-  config = text_encoder.EncoderConfig(hidden=4)
+  hidden = 4
 
   def __init__(self):
     self.shapes = []
@@ -100,7 +100,7 @@ class _CountingEncoder:
   name = 'counting'
 
   def __init__(self, inner):
-    self.inner, self.config, self.calls = inner, inner.config, 0
+    self.inner, self.hidden, self.calls = inner, inner.hidden, 0
 
   def tokenize(self, texts):
     return self.inner.tokenize(texts)

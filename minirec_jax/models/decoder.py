@@ -343,10 +343,12 @@ class Decoder(nn.Module):
   """Decoder-only LM.
 
   `__call__(tokens [b, s], positions [b, s], mask [b, s, t] | None, cache=None, causal=False,
-  head_positions=None)` returns float32 logits `[b, s, vocab]` (with `head_positions` int32
-  `[b, n]`: only at those positions, `[b, n, vocab]`; a language model's prompt tokens need no
-  logits, and its head is the largest matrix), or `(logits, cache)` when a cache is given (use
-  `prefill` and `decode_step` rather than passing a cache directly). `mask=None` means plain
+  head_positions=None, hidden_only=False)` returns float32 logits `[b, s, vocab]` (with
+  `head_positions` int32 `[b, n]`: only at those positions, `[b, n, vocab]`; a language model's
+  prompt tokens need no logits, and its head is the largest matrix), or `(logits, cache)` when a
+  cache is given (use `prefill` and `decode_step` rather than passing a cache directly), or with
+  `hidden_only` the final-normed hidden states float32 `[b, s, width]` (text embeddings; no head,
+  no cache). `mask=None` means plain
   causal attention over the s tokens (no padding). `causal=True` promises that `mask` is
   causal (no query sees a later key; e.g. `causal_mask`, segment-causal packing masks), so the
   cache-free path skips the key blocks above the diagonal; a non-causal mask would then be
@@ -357,8 +359,11 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, mask=None, cache: KVCache | None = None,
-               causal: bool = False, head_positions: jax.Array | None = None):
+               causal: bool = False, head_positions: jax.Array | None = None,
+               hidden_only: bool = False):
     c = self.config
+    if hidden_only and cache is not None:
+      raise ValueError('hidden_only runs without a cache')
     chex.assert_rank([tokens, positions], 2)
     chex.assert_equal_shape([tokens, positions])
     b, s = tokens.shape
@@ -384,6 +389,8 @@ class Decoder(nn.Module):
       x = jnp.take_along_axis(x, head_positions[..., None], axis=1)
     # The final norm and the LM head run in float32 whatever the compute dtype.
     x = RMSNorm(c.rms_eps, name='norm')(x.astype(jnp.float32))
+    if hidden_only:
+      return x
     # [vocab, width]: one row per output token.
     head = embed.embedding if c.tie_embeddings else HeadKernel(
         (c.width, c.vocab_size), name='lm_head')().T

@@ -41,6 +41,7 @@ from minirec_jax.loops import grpo as grpo_loop
 from minirec_jax.loops import run as run_lib
 from minirec_jax.loops import sasrec as sasrec_train
 from minirec_jax.loops import sft as sft_loop
+from minirec_jax.models import lm_embeddings
 from minirec_jax.pipeline import registry
 from minirec_jax.pipeline import results as results_lib
 from minirec_jax.semantic_ids import catalogue
@@ -75,7 +76,8 @@ def _embeddings_config(context: registry.Context) -> ml_collections.ConfigDict:
 
 def _run_embeddings(config, folder: str, plan) -> dict:
   del plan
-  vectors = sid_stage.item_vectors(config, loading.load(config.data))
+  vectors = sid_stage.item_vectors(config, loading.load(config.data),
+                                   load_encoder=lm_embeddings.MeanPoolEncoder)
   with io_utils.atomic_path(os.path.join(folder, EMBEDDINGS_FILE)) as tmp:
     with open(tmp, 'wb') as f:
       np.save(f, vectors)

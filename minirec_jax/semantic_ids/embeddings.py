@@ -27,10 +27,11 @@ _ROW_MULTIPLE = 8  # small inputs use a batch rounded up to this, not the full b
 
 
 class Encoder(Protocol):
-  """What `embed_texts` needs; `text_encoder.TextEncoder` is one."""
+  """What `embed_texts` needs; `text_encoder.TextEncoder` is one, a language model's
+  `models.lm_embeddings.MeanPoolEncoder` another."""
 
   name: str
-  config: text_encoder.EncoderConfig
+  hidden: int  # embedding width
 
   def tokenize(self, texts: list[str]) -> list[list[int]]:
     ...
@@ -72,7 +73,7 @@ def embed_texts(texts: list[str], encoder: Encoder | None = None, *,
   # the progress line only improves.
   order = np.argsort([-len(t) for t in token_ids], kind='stable')
   rows = min(batch_size, _round_up(max(len(texts), 1), _ROW_MULTIPLE))
-  out = np.zeros((len(texts), encoder.config.hidden), np.float32)
+  out = np.zeros((len(texts), encoder.hidden), np.float32)
   progress = metric_logging.Progress(len(texts), f'embed texts ({encoder.name})', unit='items')
 
   def collect(chunk, result):

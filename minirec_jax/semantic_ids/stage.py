@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 from absl import logging
 import jax
@@ -26,18 +27,33 @@ from minirec_jax.semantic_ids import embeddings as embeddings_lib
 from minirec_jax.semantic_ids import report as report_lib
 from minirec_jax.semantic_ids import rqkmeans
 from minirec_jax.semantic_ids import rqvae
+from minirec_jax.semantic_ids import text_encoder
 from minirec_jax.semantic_ids import trie as trie_lib
 
 
-def item_vectors(config: ml_collections.ConfigDict, dataset: loading.Dataset) -> np.ndarray:
-  """Embeddings of the item texts by a packaged sentence encoder (`embeddings.source`, a
-  key of `text_encoder.MODELS`: 'minilm', 'mpnet'; cached), or a user-supplied .npy."""
-  if config.embeddings.source == 'npy':
+EncoderLoader = Callable[[str], embeddings_lib.Encoder]
+
+
+def item_vectors(config: ml_collections.ConfigDict, dataset: loading.Dataset,
+                 load_encoder: EncoderLoader | None = None) -> np.ndarray:
+  """Embeddings of the item texts (cached): by a packaged sentence encoder when
+  `embeddings.source` is a key of `text_encoder.MODELS` ('minilm', 'mpnet'), a user-supplied
+  .npy for 'npy', else by `load_encoder(source)` (a language-model backbone spec read by
+  `models.lm_embeddings.MeanPoolEncoder`, which the binaries pass in)."""
+  source = config.embeddings.source
+  if source == 'npy':
     return embeddings_lib.load_user_embeddings(config.embeddings.path, dataset.num_items)
+  if source in text_encoder.MODELS:
+    encoder = source
+  elif load_encoder is not None:
+    encoder = load_encoder(source)
+  else:
+    raise ValueError(f"embeddings.source={source!r} is not one of {', '.join(text_encoder.MODELS)}"
+                     " or 'npy'; a language-model source needs an encoder loader "
+                     '(models.lm_embeddings.MeanPoolEncoder)')
   cache = config.embeddings.cache_dir or os.path.join(
       os.environ.get('MINIREC_CACHE', os.path.join(os.getcwd(), '.cache')), 'embeddings')
-  return embeddings_lib.item_embeddings(dataset.items, dataset.name, cache,
-                                        config.embeddings.source)
+  return embeddings_lib.item_embeddings(dataset.items, dataset.name, cache, encoder)
 
 
 def collab_targets(config: ml_collections.ConfigDict, dataset: loading.Dataset,
@@ -105,9 +121,11 @@ def collab_report(config: ml_collections.ConfigDict, x: np.ndarray, codes: np.nd
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
-        load_table: collaborative.TableLoader | None = None) -> dict:
+        load_table: collaborative.TableLoader | None = None,
+        load_encoder: EncoderLoader | None = None) -> dict:
   """Runs the stage into `workdir`; returns the report. `load_table` reads the SASRec item
-  table of `config.collab.sasrec_workdir` (`loops.artifacts.sasrec_item_embeddings`)."""
+  table of `config.collab.sasrec_workdir` (`loops.artifacts.sasrec_item_embeddings`);
+  `load_encoder` a language-model embeddings source (`item_vectors`)."""
   os.makedirs(workdir, exist_ok=True)
   io_utils.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
   dataset = loading.load(config.data)
@@ -117,7 +135,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     regulariser = collaborative.Regulariser(collaborative.Settings(
         config.collab.weight, config.collab.temperature, config.collab.diversity_weight), targets)
   t0 = time.perf_counter()
-  x = item_vectors(config, dataset)
+  x = item_vectors(config, dataset, load_encoder)
   if config.collab.mode == 'fuse':
     x = collaborative.fused_inputs(x, targets, config.collab.fuse_weight)
   t1 = time.perf_counter()

@@ -504,6 +504,10 @@ class TextEncoder:
     params = params_from_safetensors(load_file(weights_path), config, weights_path)
     return cls(config, jax.tree.map(jnp.asarray, params), tokenizer, name, prefix)
 
+  @property
+  def hidden(self) -> int:
+    return self.config.hidden
+
   def tokenize(self, texts: list[str]) -> list[list[int]]:
     """Token ids of `prefix + text` with CLS/SEP, at most `config.max_seq_length` per text."""
     return [e.ids for e in self.tokenizer.encode_batch([self.prefix + t for t in texts])]
