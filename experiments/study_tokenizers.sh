@@ -7,7 +7,8 @@
 # Runs in $STUDY_ROOT (default workdirs/tokcmp). The collaborative variants read the SASRec of
 # $SASREC_WORKDIR (default workdirs/pipe_ind/sasrec, the paper-scale pipeline's stage: RecBole
 # configuration, train split only). mpnet embeds every item text with all-mpnet-base-v2 first
-# (about an hour on 2 CPU cores; cached under .cache/embeddings).
+# (about an hour on 2 CPU cores; cached under .cache/embeddings); smollm2 with SmolLM2-135M's
+# mean-pooled hidden states (cached likewise).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/env.sh
@@ -24,9 +25,10 @@ declare -A TOKENIZER=(
   [letter]="--config configs/tokenizer.py:dataset=industrial,method=rqvae,collab=letter --config.collab.sasrec_workdir=$SASREC"
   [fuse]="--config configs/tokenizer.py:dataset=industrial,method=rqvae,collab=fuse --config.collab.sasrec_workdir=$SASREC"
   [mpnet]="--config configs/tokenizer.py:dataset=industrial,method=rqvae --config.embeddings.source=mpnet"
+  [smollm2]="--config configs/tokenizer.py:dataset=industrial,method=rqvae --config.embeddings.source=smollm2-135m"
   [official]=""
 )
-ORDER=(rqvae rqvae_official rqkmeans rqkmeans_balanced letter fuse official mpnet)
+ORDER=(rqvae rqvae_official rqkmeans rqkmeans_balanced letter fuse official mpnet smollm2)
 if [ $# -gt 0 ]; then VARIANTS=("$@"); else VARIANTS=("${ORDER[@]}"); fi
 
 step() {
