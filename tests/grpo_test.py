@@ -148,16 +148,14 @@ def test_grpo_increases_expected_reward_on_a_toy_task(mode):
   state = state_lib.TrainState.create(apply_fn=None, params=params, tx=optax.adam(3e-3))
   before = _target_prob(config, params, vocab, codes, prompts, positions, mask, targets)
   ref = params
-  hit_rates = []
-  for i in range(40):
+  for i in range(20):  # about 3.7x (sample) and 7x (beam) the start's target probability
     roll = rollout_lib.rollout(config, state.params, trie, prompts, positions, mask, targets,
                                jax.random.key(i), mode=mode, group_size=6,
                                token_map=vocab.token_map, add_target=(mode == 'beam'))
     batch = {'tokens': prompts, 'positions': positions, 'mask': mask, 'target': targets,
              'history': jnp.zeros((8, 1), jnp.int32), 'history_len': jnp.ones(8, jnp.int32),
              'items': roll.items, 'codes': roll.codes}
-    state, metrics = step(state, ref, None, batch, jax.random.key(0))
-    hit_rates.append(float(metrics['rollout_hit_rate']))
+    state, _ = step(state, ref, None, batch, jax.random.key(0))
   after = _target_prob(config, state.params, vocab, codes, prompts, positions, mask, targets)
   assert after > 2 * before, (before, after)
 

@@ -1,8 +1,10 @@
 """A language model's mean-pooled hidden states as item-text embeddings (tiny random Llama)."""
 
+import functools
 import os
 import types
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -29,8 +31,8 @@ def _alone(encoder, text):
   ids = jnp.asarray([encoder.tokenize([text])[0]], jnp.int32)
   positions = jnp.arange(ids.shape[1])[None]
   config, params = encoder._backbone.config, encoder._backbone.params
-  hidden = decoder_lib.Decoder(config).apply({'params': params}, ids, positions,
-                                             hidden_only=True)[0]
+  hidden = jax.jit(functools.partial(decoder_lib.Decoder(config).apply, hidden_only=True))(
+      {'params': params}, ids, positions)[0]
   pooled = np.asarray(hidden).mean(0)
   return pooled / np.linalg.norm(pooled)
 
