@@ -200,6 +200,25 @@ def test_random_init_keeps_the_architecture_and_drops_the_weights(finished_llm_p
     sft_loop.setup(config)
 
 
+def test_title_row_init_changes_only_the_sid_rows(finished_llm_pipeline):
+  _, workdir, _ = finished_llm_pipeline
+  config = artifacts.workdir_config(os.path.join(workdir, 'sft'))
+  mean = sft_loop.setup(config)
+  config.llm.sid_row_init = 'titles'
+  titles = sft_loop.setup(config)
+  table = np.asarray(titles.recommender.token_map.table)
+  sid_rows = table[table >= 0]
+  before = mean.language_model.params['embed_tokens']['embedding']
+  after = titles.language_model.params['embed_tokens']['embedding']
+  others = np.setdiff1d(np.arange(len(after)), sid_rows)
+  np.testing.assert_array_equal(after[others], before[others])
+  assert len(np.unique(np.round(after[sid_rows], 5), axis=0)) > len(sid_rows) // 2
+  assert len(np.unique(np.round(before[sid_rows], 5), axis=0)) == 1  # all the mean row
+  config.llm.sid_row_init = 'words'
+  with pytest.raises(ValueError, match='sid_row_init'):
+    sft_loop.setup(config)
+
+
 def test_sid_softmax_scores_only_sid_answers_in_training_and_decoding(finished_llm_pipeline):
   _, workdir, _ = finished_llm_pipeline
   config = artifacts.workdir_config(os.path.join(workdir, 'sft'))

@@ -157,6 +157,35 @@ def test_extension_keeps_old_logits_and_adds_mean_rows(tied):
   assert same[0] is config and same[1] is params
 
 
+@pytest.mark.parametrize('tied', [True, False])
+def test_title_rows_start_each_sid_token_at_its_items_title_words(tied):
+  config, params = _model(tied)
+  codes = _catalogue(n=6)
+  out = vx.extend(_tokenizer(), config, params, LEVELS, K, codes=codes)
+  titles = [out.tokenizer.encode(t, add_special_tokens=False)
+            for t in ('glue', 'saw', 'tape', 'drill', 'nail', 'gun')]
+  got = vx.title_rows(out.config, out.params, out.token_map, codes, titles)
+  embedding = out.params['embed_tokens']['embedding']
+  for name, kernel in [('embedding', embedding)] + (
+      [] if tied else [('head', out.params['lm_head']['kernel'].T)]):
+    new = (got['embed_tokens']['embedding'] if name == 'embedding'
+           else got['lm_head']['kernel'].T)
+    item_rows = np.stack([kernel[ids].mean(0) for ids in titles])
+    for level in range(LEVELS):
+      for code in range(K):
+        token = out.token_map.table[level, code]
+        users = codes[:, level] == code
+        if users.any():  # the mean of its items' mean title rows
+          np.testing.assert_allclose(new[token], item_rows[users].mean(0), rtol=1e-5, atol=1e-6)
+        elif token >= 0:  # a code no item uses keeps its (mean) row
+          np.testing.assert_array_equal(new[token], kernel[token])
+    sid_rows = out.token_map.table[out.token_map.table >= 0]
+    others = np.setdiff1d(np.arange(len(new)), sid_rows)
+    np.testing.assert_array_equal(new[others], kernel[others])  # every other token unchanged
+  with pytest.raises(ValueError, match='item 1'):
+    vx.title_rows(out.config, out.params, out.token_map, codes, [[5], [], [5], [5], [5], [5]])
+
+
 def _brute_force(config, params, prompts, item_tokens, terminator):
   """Teacher-forced log-probs `[prompts, items, L + T]` of every item's SID and terminator."""
   out = []

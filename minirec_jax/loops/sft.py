@@ -166,6 +166,13 @@ def _language_model_setup(config, dataset, sids, popularity) -> SftSetup:
   table = np.asarray(extended.token_map.table)
   params = extended.params
   model_config = extended.config
+  row_init = llm.get('sid_row_init', 'mean')
+  if row_init == 'titles':
+    titles = extended.tokenizer.encode_batch(list(dataset.items.title), add_special_tokens=False)
+    params = vocab_extension.title_rows(model_config, params, extended.token_map, sids.codes,
+                                        titles)
+  elif row_init != 'mean':
+    raise ValueError(f"llm.sid_row_init must be 'mean' or 'titles', got {row_init!r}")
   if llm.get('sid_softmax', False):
     model_config = dataclasses.replace(model_config,
                                        output_rows=extended.token_map.generated_ids())

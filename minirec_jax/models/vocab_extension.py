@@ -15,6 +15,7 @@ Owns MiniOneRec's recipe for putting SIDs into a language model (reference §4.1
 * `sid_token_map`: the `SidTokenMap` of a tokenizer with SID tokens (one extended here, or an
   official checkpoint's), its terminator the '\\n' and eos that close a generated SID;
 * `extend`: all of it, from a loaded checkpoint (models/checkpoints.py) and its tokenizer;
+* `title_rows`: optionally, each SID token's rows from the titles of the items using its code;
 * `trainable_mask`: the new rows and the top blocks, for training with the rest frozen;
 * `new_row_lr_scales`: a larger learning rate for the new rows than for the pretrained body.
 Parameters come back as numpy arrays, as the checkpoint readers return them.
@@ -144,6 +145,55 @@ def extend_params(config: decoder_lib.DecoderConfig, params: dict[str, Any], voc
   if not config.tie_embeddings:
     params['lm_head'] = {'kernel': grow(np.asarray(params['lm_head']['kernel']).T).T}
   return dataclasses.replace(config, vocab_size=vocab_size), params
+
+
+def title_rows(config: decoder_lib.DecoderConfig, params: dict[str, Any],
+               token_map: sid_sequences.SidTokenMap, codes: np.ndarray,
+               title_ids: list[list[int]]) -> dict[str, Any]:
+  """`params` with each SID token's rows set from the item titles that use its code.
+
+  The row of (level l, code c) becomes the mean, over the items whose code at level l is c, of
+  the mean row of the item's title tokens: a SID token then starts near the words of its items
+  instead of at one shared mean row. Codes no item uses keep their rows. An untied head's rows
+  are set the same way from its own rows.
+
+  Args:
+    config, params: an extended model (`extend`); numpy or jax leaves.
+    token_map: its SID token map.
+    codes: int `[num_items, L]`, the catalogue's codes.
+    title_ids: each item's title token ids (none empty), `num_items` lists.
+
+  Returns:
+    params with new `embed_tokens` (and untied `lm_head`) numpy arrays; other leaves the same.
+  """
+  codes = np.asarray(codes)
+  if codes.ndim != 2 or codes.shape[1] != token_map.num_levels or len(title_ids) != len(codes):
+    raise ValueError(f'codes {codes.shape} and {len(title_ids)} titles do not match a '
+                     f'{token_map.num_levels}-level token map')
+  empty = [i for i, ids in enumerate(title_ids) if not ids]
+  if empty:
+    raise ValueError(f'{len(empty)} item titles have no tokens (first: item {empty[0]})')
+  table = np.asarray(token_map.table)
+
+  def set_rows(matrix: np.ndarray) -> np.ndarray:
+    """`[vocab, width]` with the SID rows replaced."""
+    matrix = np.array(matrix)
+    items = np.stack([matrix[ids].mean(0, dtype=np.float64) for ids in title_ids])
+    for level in range(token_map.num_levels):
+      used = np.unique(codes[:, level])
+      sums = np.zeros((token_map.codebook_size, matrix.shape[1]))
+      np.add.at(sums, codes[:, level], items)
+      counts = np.bincount(codes[:, level], minlength=token_map.codebook_size)
+      rows = table[level, used]
+      if (rows < 0).any():
+        raise ValueError(f'level {level}: codes without a token: {used[rows < 0][:5].tolist()}')
+      matrix[rows] = (sums[used] / counts[used, None]).astype(matrix.dtype)
+    return matrix
+
+  params = {**params, 'embed_tokens': {'embedding': set_rows(params['embed_tokens']['embedding'])}}
+  if not config.tie_embeddings:
+    params['lm_head'] = {'kernel': set_rows(np.asarray(params['lm_head']['kernel']).T).T}
+  return params
 
 
 class Extended(NamedTuple):
