@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.ks = (1, 3, 5, 10, 20, 50)
   config.eval.max_examples = 1000       # valid prefix used to pick the best step
   config.eval.report_max_examples = 0
+  config.eval.valid_report_max_examples = -1  # >= 0: valid's report rows (-1: as above)
   config.eval.report = 'best'           # final metrics of the 'best' (valid) or 'last' step
   config.eval.report_splits = ('valid', 'test')  # ablations: ('valid',), test never decoded
 
@@ -87,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every_steps = 25
     config.eval.max_examples = 500
     config.eval.batch_size = 16
+    config.eval.valid_report_max_examples = 500  # the full test split is reported once
     config.ckpt.every_steps = 5
     config.log.every_steps = 1
   if args['tiny']:

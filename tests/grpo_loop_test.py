@@ -178,6 +178,16 @@ def test_a_valid_only_report_never_decodes_test(sft_workdir, tmp_path):
   assert not any('test' in name for name in os.listdir(tmp_path))
 
 
+def test_valid_report_rows_apart_from_test_rows(sft_workdir, tmp_path):
+  # A slow policy (configs/grpo.py:llm) reports valid on its 500-row selection prefix and test
+  # in full; here 5 valid rows against 7 test rows.
+  policy = artifacts.load_policy(sft_workdir)
+  config = artifacts.workdir_config(sft_workdir)
+  config.eval.report_max_examples, config.eval.valid_report_max_examples = 7, 5
+  results = sft_loop.report_splits(config, str(tmp_path), policy.setup, policy.params)
+  assert results['valid']['examples'] == 5 and results['test']['examples'] == 7
+
+
 def test_prompt_rows_can_leave_out_the_rows_the_sft_trained_on(sft_workdir):
   policy = artifacts.load_policy(sft_workdir)
   config = load_config(os.path.join(REPO, 'configs', 'grpo.py') + ':tiny')
