@@ -65,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.llm.seed = 42                   # task subsampling and shuffling (the official 42)
   config.llm.cutoff_len = 512            # examples keep their last cutoff_len tokens (0: all)
   config.llm.noise_scale = 0.0           # std of noise on the new SID rows (0: the exact mean)
+  config.llm.noise_relative = False      # True: noise_scale in units of the matrix's element std
   config.llm.sid_row_init = 'mean'       # 'titles': each SID token's rows start at the mean
                                          # title-token row of the items using its code
   config.llm.catalogue_tokens_only = False  # add only the SID codes the catalogue uses

@@ -16,8 +16,9 @@ Models
   SidTokenMap(table int32 [L, K], terminator=()): vocabulary id of every (level, code) and the
     tokens forced after a SID (a language model's '\\n', eos); .item_tokens(codes [n, L]).
   extend_vocabulary(tokenizer, decoder_config, params, num_levels, codebook_size, *, codes=None,
-    end_text='\\n', noise_scale=0.0, seed=0) -> (tokenizer, decoder_config, params, token_map):
-    a pretrained LM with one added token per SID code (new rows: mean of the old ones).
+    end_text='\\n', noise_scale=0.0, noise_relative=False, seed=0) -> (tokenizer,
+    decoder_config, params, token_map): a pretrained LM with one added token per SID code (new
+    rows: mean of the old ones, plus noise_scale (x the matrix's element std if relative)).
   SASRecConfig, SASRec(config): the SASRec baseline / collaborative reward model (linen).
 
 Training steps

@@ -153,6 +153,16 @@ def test_extension_keeps_old_logits_and_adds_mean_rows(tied):
   rows = noisy['embed_tokens']['embedding'][ROWS:]
   np.testing.assert_array_equal(rows, again['embed_tokens']['embedding'][ROWS:])
   assert 0.05 < np.std(rows - old.mean(0)) < 0.2
+  # Relative noise: in units of each matrix's own element std (the head's differs here).
+  scaled = {'embed_tokens': {'embedding': 3.0 * old},
+            **({} if tied else {'lm_head': {'kernel': 0.5 * params['lm_head']['kernel']}})}
+  grown = vx.extend_params(config, scaled, 2000, noise_scale=0.5, noise_relative=True, seed=3)[1]
+  matrices = [(3.0 * old, grown['embed_tokens']['embedding'])]
+  if not tied:
+    matrices.append((0.5 * params['lm_head']['kernel'].T, grown['lm_head']['kernel'].T))
+  for before_rows, after_rows in matrices:
+    spread = np.std(after_rows[ROWS:] - before_rows.mean(0)) / np.std(before_rows)
+    assert 0.45 < spread < 0.55, spread
   same = vx.extend_params(config, params, ROWS - 5)  # the matrix already has room
   assert same[0] is config and same[1] is params
 

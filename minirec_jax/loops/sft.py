@@ -162,7 +162,7 @@ def _language_model_setup(config, dataset, sids, popularity) -> SftSetup:
   extended = vocab_extension.extend(
       backbone.tokenizer, backbone.config, backbone.params, sids.num_levels, sids.codebook_size,
       codes=sids.codes if llm.catalogue_tokens_only else None, noise_scale=llm.noise_scale,
-      seed=config.seed)
+      noise_relative=llm.get('noise_relative', False), seed=config.seed)
   table = np.asarray(extended.token_map.table)
   params = extended.params
   model_config = extended.config

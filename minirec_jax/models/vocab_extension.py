@@ -9,7 +9,8 @@ Owns MiniOneRec's recipe for putting SIDs into a language model (reference §4.1
   added tokens, so each is one atomic token and survives decoding that skips special tokens;
 * `extend_params`: the decoder's embedding, and a separate LM head the same way, grown to the
   tokenizer's size with new rows equal to the mean of all existing rows (transformers' mean
-  resizing, which the official code gets), plus optional seeded noise. Rows the checkpoint
+  resizing, which the official code gets), plus optional seeded noise (absolute, or in units
+  of each matrix's own element std, which fits any checkpoint's scale). Rows the checkpoint
   already has beyond its tokenizer (Qwen2.5 pads 151,665 tokens to 151,936 rows) are reused as
   they are, so only ids past the matrix get new rows;
 * `sid_token_map`: the `SidTokenMap` of a tokenizer with SID tokens (one extended here, or an
@@ -108,7 +109,7 @@ def sid_token_map(tokenizer: TextTokenizer, num_levels: int, codebook_size: int,
 
 
 def extend_params(config: decoder_lib.DecoderConfig, params: dict[str, Any], vocab_size: int,
-                  *, noise_scale: float = 0.0,
+                  *, noise_scale: float = 0.0, noise_relative: bool = False,
                   seed: int = 0) -> tuple[decoder_lib.DecoderConfig, dict[str, Any]]:
   """The decoder's token rows grown to `vocab_size` (see the module docstring).
 
@@ -119,6 +120,8 @@ def extend_params(config: decoder_lib.DecoderConfig, params: dict[str, Any], voc
     vocab_size: the tokenizer's size after the extension; nothing changes if the matrix
       already has that many rows.
     noise_scale: standard deviation of Gaussian noise added to every new row (0: exact mean).
+    noise_relative: `noise_scale` in units of the element std of the matrix the row joins
+      (the embedding, or the untied head), so 1.0 gives new rows the spread of the old ones.
     seed: the noise's seed.
 
   Returns:
@@ -138,7 +141,8 @@ def extend_params(config: decoder_lib.DecoderConfig, params: dict[str, Any], voc
     new = np.broadcast_to(matrix.mean(0, dtype=np.float64), (vocab_size - rows,
                                                               matrix.shape[1]))
     if noise_scale:
-      new = new + noise_scale * rng.standard_normal(new.shape)
+      scale = noise_scale * (matrix.std(dtype=np.float64) if noise_relative else 1.0)
+      new = new + scale * rng.standard_normal(new.shape)
     return np.concatenate([matrix, new.astype(matrix.dtype)])
 
   params = {**params, 'embed_tokens': {'embedding': grow(embedding)}}
@@ -207,7 +211,8 @@ class Extended(NamedTuple):
 
 def extend(tokenizer: TextTokenizer, config: decoder_lib.DecoderConfig, params: dict[str, Any],
            num_levels: int, codebook_size: int, *, codes: np.ndarray | None = None,
-           end_text: str = '\n', noise_scale: float = 0.0, seed: int = 0) -> Extended:
+           end_text: str = '\n', noise_scale: float = 0.0, noise_relative: bool = False,
+           seed: int = 0) -> Extended:
   """Tokenizer, config and params with the SID tokens added, and their token map.
 
   `codes` (the catalogue) limits the tokens to the codes it uses, as the official code does;
@@ -215,7 +220,7 @@ def extend(tokenizer: TextTokenizer, config: decoder_lib.DecoderConfig, params: 
   """
   tokenizer = add_sid_tokens(tokenizer, num_levels, codebook_size, codes)
   config, params = extend_params(config, params, tokenizer.vocab_size, noise_scale=noise_scale,
-                                 seed=seed)
+                                 noise_relative=noise_relative, seed=seed)
   return Extended(tokenizer, config, params,
                   sid_token_map(tokenizer, num_levels, codebook_size, end_text=end_text))
 
