@@ -117,6 +117,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A pretrained model fine-tuned for a stated token budget on CPU (issue 16): a few epochs of
     # the short template, checkpoints chosen on a 500-row valid prefix.
     config.model.variant = _backbone_name(args['backbone'])
+    # New SID rows at the mean row plus noise of the embedding's own element std: distinct from
+    # step 0 (exact means leave a history's SID tokens identical; docs/RESULTS.md, run e).
+    config.llm.noise_scale = 1.0
+    config.llm.noise_relative = True
     config.train.seq_len = 256
     config.train.batch_size = 8
     config.train.epochs = 2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 16 part 5: short valid probes of the language-model SFT levers, each from run b's
-# settings (SmolLM2-135M, next-SID short template, the SIDs of $SIDS) on the same budget and data
+# settings (SmolLM2-135M, next-SID short template, the SIDs of $SIDS, new SID rows at the exact
+# mean: the preset's noise is pinned off so that base stays run b) on the same budget and data
 # order: the first 34% of the train rows, one pass (41 steps of 8 x 256 tokens, lr 3e-4 with 20
 # warmup steps), then valid on its first 200 rows (test is never decoded).
 #   bash experiments/probe_llm.sh [probe ...]        (default: all, in the order below)
@@ -35,6 +36,7 @@ for name in "${PROBES[@]}"; do
   python experiments/train_sft.py \
     --config configs/sft.py:dataset=industrial,sids=tokenizer,backbone=smollm2-135m \
     "--config.sids.path=$SIDS" --config.train.data_fraction=0.34 --config.train.epochs=1 \
+    --config.llm.noise_scale=0 --config.llm.noise_relative=False \
     --config.log.every_steps=5 --config.ckpt.every_steps=10 \
     --config.eval.max_examples=200 --config.eval.valid_report_max_examples=200 \
     "--config.eval.report_splits=('valid',)" ${LEVER[$name]} --workdir "$wd" || exit 1

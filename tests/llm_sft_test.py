@@ -203,6 +203,7 @@ def test_random_init_keeps_the_architecture_and_drops_the_weights(finished_llm_p
 def test_title_row_init_changes_only_the_sid_rows(finished_llm_pipeline):
   _, workdir, _ = finished_llm_pipeline
   config = artifacts.workdir_config(os.path.join(workdir, 'sft'))
+  config.llm.noise_scale = 0.0  # the exact mean row, to tell the title rows apart from it
   mean = sft_loop.setup(config)
   config.llm.sid_row_init = 'titles'
   titles = sft_loop.setup(config)
