@@ -36,8 +36,9 @@ setuptools.setup(
         # Only for minirec_jax/serving/server.py, experiments/serve.py and bench_serve.py (the
         # HTTP service, its server and the benchmark's client).
         'serve': ['aiohttp==3.14.5'],
-        # Only for experiments/bench_hf.py and tests/hf_parity_test.py (the side-by-side with the
-        # official PyTorch stack); the library never imports torch or transformers.
-        'bench': ['torch==2.13.0', 'transformers==5.24.0'],
+        # Only for experiments/bench_hf.py, check_llm_parity.py and tests/hf_parity_test.py (the
+        # side-by-side with the official PyTorch stack; accelerate: transformers' GGUF loader);
+        # the library never imports torch or transformers.
+        'bench': ['torch==2.13.0', 'transformers==5.24.0', 'accelerate==1.16.0'],
     },
 )
